@@ -1,0 +1,522 @@
+//! `zipserv gpu-test` and `zipserv bench`: the GPU correctness suite and the
+//! benchmark against cuBLAS, run on the GPU machine over binaries built here.
+use super::*;
+use crate::synth::{random_bits, student_t_bf16, uniform_bf16, Rng};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Fewer shapes and runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Timed runs per point (median reported).
+    #[arg(long, default_value_t = 200)]
+    pub runs: usize,
+    /// Only layers whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Activation row counts.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,8,16,32,64,128,256,1024"
+    )]
+    pub ns: Vec<usize>,
+    /// Folder for the CSV files (zipgemm-*.csv, decompress-*.csv).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Suffix of the CSV names (e.g. h100).
+    #[arg(long, default_value = "h100")]
+    pub card: String,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct TestArgs {
+    /// Small shapes only.
+    #[arg(long)]
+    pub quick: bool,
+    /// Tiny shapes only (for compute-sanitizer runs).
+    #[arg(long)]
+    pub tiny: bool,
+}
+
+/// The Llama-3.1 8B/70B layer shapes (M x K) of the benchmark.
+pub const LAYERS: [(&str, usize, usize); 8] = [
+    ("8b.qkv", 6144, 4096),
+    ("8b.o", 4096, 4096),
+    ("8b.gate_up", 28672, 4096),
+    ("8b.down", 4096, 14336),
+    ("70b.qkv", 10240, 8192),
+    ("70b.o", 8192, 8192),
+    ("70b.gate_up", 57344, 8192),
+    ("70b.down", 8192, 28672),
+];
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Realistic weights quickly: rows drawn at random offsets from a pool of
+/// Student-t(5) values (std 0.02), so the exponent statistics are those of the
+/// pool while every row differs.
+pub fn pooled_weights(rows: usize, cols: usize, seed: u64) -> Vec<u16> {
+    let pool = student_t_bf16(1 << 22, 0.02, seed);
+    let mut out = vec![0u16; rows * cols];
+    use rayon::prelude::*;
+    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        let mut rng = Rng::new(seed ^ (r as u64).wrapping_mul(0x9E37_79B9));
+        let start = (rng.next_u64() as usize) % pool.len();
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = pool[(start + c * 7) % pool.len()];
+        }
+    });
+    out
+}
+
+fn to_f64(b: u16) -> f64 {
+    half::bf16::from_bits(b).to_f64()
+}
+
+/// Relative Frobenius error of `got` (BF16 `n x m`) against an FP64 reference
+/// on the sampled output columns `ms`.
+fn check_gemm(
+    w: &[u16],
+    x: &[u16],
+    got: &[u16],
+    m: usize,
+    n: usize,
+    k: usize,
+    ms: &[usize],
+) -> (f64, usize) {
+    use rayon::prelude::*;
+    let rows: Vec<(f64, f64)> = ms
+        .par_iter()
+        .map(|&mi| {
+            let wr = &w[mi * k..(mi + 1) * k];
+            let wf: Vec<f64> = wr.iter().map(|&b| to_f64(b)).collect();
+            let (mut num, mut den) = (0.0, 0.0);
+            for ni in 0..n {
+                let xr = &x[ni * k..(ni + 1) * k];
+                let r: f64 = xr.iter().zip(&wf).map(|(&a, &b)| to_f64(a) * b).sum();
+                let g = to_f64(got[ni * m + mi]);
+                num += (g - r) * (g - r);
+                den += r * r;
+            }
+            (num, den)
+        })
+        .collect();
+    let (num, den) = rows.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let bad = got
+        .iter()
+        .filter(|&&b| !half::bf16::from_bits(b).is_finite())
+        .count();
+    ((num / den.max(1e-300)).sqrt(), bad)
+}
+
+struct Outcome {
+    passed: usize,
+    failed: usize,
+}
+
+impl Outcome {
+    fn check(&mut self, ok: bool, what: &str) {
+        if ok {
+            self.passed += 1;
+            println!("ok      {what}");
+        } else {
+            self.failed += 1;
+            println!("FAILED  {what}");
+        }
+    }
+}
+
+/// Run the GPU correctness tests; error if any fails.
+pub fn gpu_test(a: &TestArgs) -> Result<()> {
+    let gpu = Gpu::new(0)?;
+    println!("device: {} (sm_{}, {} SMs)", gpu.name, gpu.sm, gpu.sms);
+    let mut out = Outcome {
+        passed: 0,
+        failed: 0,
+    };
+    let s = seed();
+    println!("seed {s}");
+
+    // --- Decompressor: bit-exact against the CPU decoder. ---
+    let mut cases: Vec<(String, Vec<u16>, usize, usize)> = vec![
+        (
+            "student-t 64x64".into(),
+            student_t_bf16(64 * 64, 0.02, s),
+            64,
+            64,
+        ),
+        (
+            "random bits 128x192 (NaN, Inf, subnormal; ~97% exceptions)".into(),
+            random_bits(128 * 192, s + 1),
+            128,
+            192,
+        ),
+        (
+            "all in window 256x256".into(),
+            uniform_bf16(256 * 256, 1.0, s + 2)
+                .iter()
+                .map(|&b| (b & 0x807f) | 0x3f80)
+                .collect(),
+            256,
+            256,
+        ),
+        (
+            "all fallback 64x128 (zeros and huge values)".into(),
+            (0..64 * 128)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        0x0000
+                    } else {
+                        0x7f00 | (i as u16 & 0x7f)
+                    }
+                })
+                .collect(),
+            64,
+            128,
+        ),
+    ];
+    {
+        let mut mixed = student_t_bf16(512 * 1024, 0.02, s + 3);
+        let mut rng = Rng::new(s + 4);
+        for _ in 0..20000 {
+            let i = (rng.next_u64() as usize) % mixed.len();
+            mixed[i] = [0x7f80, 0xff80, 0x7fc1, 0x0001, 0x8000, 0x0000, 0xffff]
+                [(rng.next_u64() % 7) as usize];
+        }
+        cases.push((
+            "student-t with NaN/Inf/subnormal/zeros 512x1024".into(),
+            mixed,
+            512,
+            1024,
+        ));
+    }
+    if a.tiny {
+        cases.truncate(4);
+    }
+    if !a.quick && !a.tiny {
+        cases.push((
+            "student-t 28672x4096".into(),
+            pooled_weights(28672, 4096, s + 5),
+            28672,
+            4096,
+        ));
+    }
+    for (name, bits, r, c) in &cases {
+        let v1 = crate::encode::encode(bits, *r, *c)?;
+        let back = crate::decode::decode(&v1)?;
+        out.check(&back == bits, &format!("cpu v1 round trip: {name}"));
+        let d = crate::device_layout::build(&back, *r, *c)?;
+        let gm = gpu.upload(&d)?;
+        let mut ok = true;
+        for poison in [0xffffu16, 0x7fbf] {
+            let buf = gpu
+                .stream
+                .clone_htod(&vec![poison; r * c])
+                .map_err(gpu_err)?;
+            gpu.decompress(&gm, &buf)?;
+            let got = gpu.stream.clone_dtoh(&buf).map_err(gpu_err)?;
+            ok &= &got == bits;
+        }
+        out.check(ok, &format!("gpu decompress bit-exact: {name}"));
+    }
+
+    // --- ZipGEMM and the dispatched path against an FP64 reference. ---
+    let shapes: Vec<(usize, usize)> = if a.tiny {
+        vec![(64, 64), (256, 512)]
+    } else if a.quick {
+        vec![(64, 64), (256, 512), (4096, 4096)]
+    } else {
+        vec![
+            (64, 64),
+            (256, 512),
+            (4096, 4096),
+            (6144, 4096),
+            (4096, 14336),
+            (28672, 4096),
+        ]
+    };
+    let ns = [1usize, 3, 8, 17, 32, 100, 128, 300, 1024];
+    for &(m, k) in &shapes {
+        let w = pooled_weights(m, k, s + m as u64 + k as u64);
+        let d = crate::device_layout::build(&w, m, k)?;
+        let lin = ZipLinear::new(gpu.upload(&d)?);
+        let dense = gpu.stream.clone_htod(&w).map_err(gpu_err)?;
+        let mut rng = Rng::new(s ^ (m * k) as u64);
+        let ms: Vec<usize> = (0..m.min(48))
+            .map(|_| (rng.next_u64() as usize) % m)
+            .collect();
+        for &n in &ns {
+            let x = uniform_bf16(n * k, 1.0, rng.next_u64());
+            let xd = gpu.stream.clone_htod(&x).map_err(gpu_err)?;
+            let mut variants: Vec<(String, Option<Split>)> = vec![("dispatched".into(), None)];
+            if n <= FUSED_MAX_N {
+                variants.push(("fused sk=1".into(), Some(split_for((k / 64) as u32, 1))));
+                variants.push(("fused sk=3".into(), Some(split_for((k / 64) as u32, 3))));
+            }
+            for (vname, sp) in variants {
+                let y = gpu
+                    .stream
+                    .clone_htod(&vec![0xffffu16; n * m])
+                    .map_err(gpu_err)?;
+                match sp {
+                    None => lin.forward(&gpu, &xd, &y, n)?,
+                    Some(sp) => {
+                        gpu.gemm_fused(&lin.weight, gpu.ptr(&xd), gpu.ptr(&y), n, Some(sp))?
+                    }
+                }
+                let got = gpu.stream.clone_dtoh(&y).map_err(gpu_err)?;
+                let (err, bad) = check_gemm(&w, &x, &got, m, n, k, &ms);
+                out.check(
+                    err < 1e-2 && bad == 0,
+                    &format!(
+                        "gemm {m}x{k} n={n} {vname}: rel err {err:.2e} vs fp64, {bad} non-finite"
+                    ),
+                );
+            }
+            // The whole output against cuBLAS on the dense weights.
+            let y1 = gpu
+                .stream
+                .clone_htod(&vec![0xffffu16; n * m])
+                .map_err(gpu_err)?;
+            let y2 = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
+            lin.forward(&gpu, &xd, &y1, n)?;
+            gpu.cublas_gemm(gpu.ptr(&dense), gpu.ptr(&xd), gpu.ptr(&y2), m, n, k)?;
+            let (g1, g2) = (
+                gpu.stream.clone_dtoh(&y1).map_err(gpu_err)?,
+                gpu.stream.clone_dtoh(&y2).map_err(gpu_err)?,
+            );
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (a, b) in g1.iter().zip(&g2) {
+                let (a, b) = (to_f64(*a), to_f64(*b));
+                num += (a - b) * (a - b);
+                den += b * b;
+            }
+            let e = (num / den).sqrt();
+            out.check(
+                e < 1e-2,
+                &format!("gemm {m}x{k} n={n}: whole output vs cuBLAS rel err {e:.2e}"),
+            );
+        }
+    }
+    println!("{} passed, {} failed", out.passed, out.failed);
+    if out.failed > 0 {
+        return Err(Error::Mismatch(format!(
+            "{} GPU test(s) failed",
+            out.failed
+        )));
+    }
+    Ok(())
+}
+
+/// Device-to-device copy ceiling in GB/s (bytes read + written).
+pub fn copy_ceiling(gpu: &Gpu) -> Result<f64> {
+    let n = 1usize << 29; // 1 GiB of u16
+    let a = gpu.stream.alloc_zeros::<u16>(n).map_err(gpu_err)?;
+    let mut b = gpu.stream.alloc_zeros::<u16>(n).map_err(gpu_err)?;
+    let ms = gpu.time_ms(3, 20, |_| {
+        gpu.stream.memcpy_dtod(&a, &mut b).map_err(gpu_err)
+    })?;
+    Ok(2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9)
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let gpu = Gpu::new(0)?;
+    let runs = if a.quick { a.runs.min(30) } else { a.runs };
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("device: {} (sm_{}, {} SMs), {date}, median of {runs} runs, weights rotated over copies >= 256 MB", gpu.name, gpu.sm, gpu.sms);
+    let ceiling = copy_ceiling(&gpu)?;
+    println!("copy ceiling: {:.0} GB/s (read + write)", ceiling);
+    let layers: Vec<_> = LAYERS
+        .iter()
+        .filter(|(n, _, _)| a.only.as_ref().is_none_or(|o| n.contains(o.as_str())))
+        .filter(|(n, _, _)| !a.quick || *n == "8b.o" || *n == "8b.gate_up")
+        .collect();
+    let mut gemm_rows = Vec::new();
+    let mut dec_rows = Vec::new();
+    let s = seed();
+    for &&(name, m, k) in &layers {
+        let w = pooled_weights(m, k, s ^ (m * k) as u64);
+        let v1 = crate::encode::encode(&w, m, k)?;
+        let v1_bits = v1.stats().bits_per_weight();
+        let d = crate::device_layout::build(&w, m, k)?;
+        let dev_bits = d.device_bytes() as f64 * 8.0 / (m * k) as f64;
+        let copies = (256usize << 20).div_ceil(d.device_bytes()).max(2);
+        let dcopies = (256usize << 20).div_ceil(m * k * 2).max(2);
+        let gms: Vec<GpuMatrix> = (0..copies).map(|_| gpu.upload(&d)).collect::<Result<_>>()?;
+        let dense: Vec<CudaSlice<u16>> = (0..dcopies)
+            .map(|_| gpu.stream.clone_htod(&w).map_err(gpu_err))
+            .collect::<Result<_>>()?;
+        drop(w);
+        gpu.reserve(m, k, FUSED_MAX_N)?;
+        // Decompressor throughput.
+        let outbuf = gpu.stream.alloc_zeros::<u16>(m * k).map_err(gpu_err)?;
+        let ms = gpu.time_ms(5, runs, |i| gpu.decompress(&gms[i % copies], &outbuf))?;
+        let tbps = (d.device_bytes() + m * k * 2) as f64 / (ms * 1e-3) / 1e12;
+        println!(
+            "{name} {m}x{k}: v1 {v1_bits:.3} bits/w, device layout {dev_bits:.3} bits/w; decompress {:.1} us = {:.2} TB/s r+w ({:.0}% of copy)",
+            ms * 1e3,
+            tbps,
+            100.0 * tbps * 1e3 / ceiling
+        );
+        dec_rows.push(format!(
+            "{m},{k},{:.2},{:.4},{:.4}",
+            ms * 1e3,
+            tbps,
+            tbps * 1e3 / ceiling
+        ));
+        let gm_refs: Vec<&GpuMatrix> = gms.iter().collect();
+        let mut lin = ZipLinear::new(gpu.upload(&d)?);
+        let mut fused_loses_from = usize::MAX;
+        let mut per_n = Vec::new();
+        for &n in &a.ns {
+            let x = uniform_bf16(n * k, 1.0, s + n as u64);
+            let xd = gpu.stream.clone_htod(&x).map_err(gpu_err)?;
+            let y = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
+            let (xp, yp) = (gpu.ptr(&xd), gpu.ptr(&y));
+            let cub = gpu.time_ms(10, runs, |i| {
+                gpu.cublas_gemm(gpu.ptr(&dense[i % dcopies]), xp, yp, m, n, k)
+            })?;
+            let (fused, split) = if n <= FUSED_MAX_N {
+                let sp = gpu.tune(&gm_refs, xp, yp, n)?;
+                (
+                    Some(gpu.time_ms(10, runs, |i| {
+                        gpu.gemm_fused(&gms[i % copies], xp, yp, n, Some(sp))
+                    })?),
+                    Some(sp),
+                )
+            } else {
+                (None, None)
+            };
+            let dec = if n >= 64 {
+                Some(gpu.time_ms(5, runs.min(100), |i| {
+                    gpu.gemm_decoupled(&gms[i % copies], xp, yp, n)
+                })?)
+            } else {
+                None
+            };
+            if let (Some(f), Some(dd)) = (fused, dec) {
+                if dd < f && fused_loses_from == usize::MAX {
+                    fused_loses_from = n;
+                }
+            }
+            per_n.push((n, cub, fused, dec, split));
+        }
+        // Crossover measured on this card: fused up to the last N where it wins.
+        lin.crossover = per_n
+            .iter()
+            .filter(|(n, _, f, d, _)| {
+                f.is_some() && (d.is_none() || f.unwrap() <= d.unwrap()) && *n < fused_loses_from
+            })
+            .map(|(n, ..)| *n)
+            .max()
+            .unwrap_or(0);
+        for (n, cub, fused, dec, split) in per_n {
+            let (zip, path) = if n <= lin.crossover {
+                (fused.unwrap(), "fused")
+            } else {
+                (dec.unwrap_or(f64::NAN), "decompress+cublas")
+            };
+            let zip_tbps = d.device_bytes() as f64 / (zip * 1e-3) / 1e12;
+            let cub_tbps = (m * k * 2) as f64 / (cub * 1e-3) / 1e12;
+            gemm_rows.push((
+                name.to_string(),
+                m,
+                k,
+                n,
+                zip * 1e3,
+                cub * 1e3,
+                fused.map(|f| f * 1e3),
+                dec.map(|f| f * 1e3),
+                path,
+                split.map(|s| s.sk).unwrap_or(0),
+                zip_tbps,
+                cub_tbps,
+            ));
+            println!(
+                "  n={n:>5}  zipserv {:>8.1} us ({path}{})  cublas {:>8.1} us  speedup {:.3}x  [{:.2} TB/s compressed, cublas {:.2} TB/s]",
+                zip * 1e3,
+                split.map(|s| format!(", sk={}", s.sk)).unwrap_or_default(),
+                cub * 1e3,
+                cub / zip,
+                zip_tbps,
+                cub_tbps
+            );
+        }
+    }
+    // Summary table.
+    println!("\nlayer          M      K      N   zipserv_us  cublas_us  speedup");
+    let mut logsum = (0.0, 0usize);
+    let mut minsp = f64::MAX;
+    for r in &gemm_rows {
+        let sp = r.5 / r.4;
+        println!(
+            "{:<12} {:>6} {:>6} {:>5} {:>11.1} {:>10.1} {:>8.3}",
+            r.0, r.1, r.2, r.3, r.4, r.5, sp
+        );
+        if [1, 8, 16, 32].contains(&r.3) {
+            logsum.0 += sp.ln();
+            logsum.1 += 1;
+            minsp = minsp.min(sp);
+        }
+    }
+    if logsum.1 > 0 {
+        println!(
+            "geometric-mean speedup over N in {{1,8,16,32}}: {:.3}x (min {:.3}x, {} points)",
+            (logsum.0 / logsum.1 as f64).exp(),
+            minsp,
+            logsum.1
+        );
+    }
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let p = dir.join(format!("zipgemm-{}.csv", a.card));
+        let mut f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
+        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,split_k,zipgemm_tbps,cublas_tbps,speedup").unwrap();
+        for r in &gemm_rows {
+            let o = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
+            writeln!(
+                f,
+                "{},{},{},{},{:.2},{:.2},{},{},{},{},{:.4},{:.4},{:.4}",
+                r.0,
+                r.1,
+                r.2,
+                r.3,
+                r.4,
+                r.5,
+                o(r.6),
+                o(r.7),
+                r.8,
+                r.9,
+                r.10,
+                r.11,
+                r.5 / r.4
+            )
+            .unwrap();
+        }
+        let p = dir.join(format!("decompress-{}.csv", a.card));
+        let mut f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
+        writeln!(f, "M,K,us,tbps_rw,fraction_of_copy").unwrap();
+        for r in &dec_rows {
+            writeln!(f, "{r}").unwrap();
+        }
+        println!(
+            "wrote CSVs to {} (device {}, copy ceiling {ceiling:.0} GB/s)",
+            dir.display(),
+            gpu.name
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! The GPU side: device memory, the decompressor and ZipGEMM launches, cuBLAS
+//! for baselines and for the prefill path. Uses cudarc with dynamic loading, so
+//! the library builds and runs (without a GPU) on machines with no CUDA.
+pub mod bench;
+
+use crate::device_layout::DeviceMatrix;
+use crate::error::{Error, Result};
+use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Warps per block of every kernel (`kernels-gpu/src/device.rs`).
+pub const WARPS: u32 = 8;
+/// The fused kernel variants: number of 8-column activation blocks.
+pub const GEMM_NB: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16];
+/// Largest N the fused kernel takes.
+pub const FUSED_MAX_N: usize = 128;
+
+fn gpu_err(e: impl std::fmt::Debug) -> Error {
+    Error::Gpu(format!("{e:?}"))
+}
+
+/// The PTX embedded at build time for an architecture.
+pub fn embedded_ptx(sm: u32) -> Result<&'static str> {
+    #[cfg(zs_ptx)]
+    {
+        Ok(if sm >= 90 {
+            include_str!(env!("ZS_PTX_SM_90"))
+        } else {
+            include_str!(env!("ZS_PTX_SM_80"))
+        })
+    }
+    #[cfg(not(zs_ptx))]
+    {
+        let _ = sm;
+        Err(Error::Gpu(
+            "this zipserv was built without its GPU kernels: run `cargo xtask build-ptx`, then rebuild".into(),
+        ))
+    }
+}
+
+/// Why no GPU can be used here, or `None` when one can.
+pub fn unavailable() -> Option<String> {
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver (libcuda.so) found".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => None,
+        Ok(_) => Some("the CUDA driver reports no GPU".into()),
+        Err(e) => Some(format!("the CUDA driver failed: {e:?}")),
+    }
+}
+
+/// A matrix in the device layout, resident on the GPU.
+pub struct GpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub table: (u32, u32),
+    pub records: CudaSlice<u8>,
+    pub exc_off: CudaSlice<u32>,
+    pub exc: CudaSlice<u16>,
+    /// Bytes held on the GPU.
+    pub bytes: usize,
+}
+
+/// Split-K choice for the fused kernel: `sk` k-splits of `tps` tiles each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Split {
+    pub sk: u32,
+    pub tps: u32,
+}
+
+struct Scratch {
+    ws: Option<CudaSlice<f32>>,
+    counters: Option<CudaSlice<u32>>,
+    dense: Option<CudaSlice<u16>>,
+}
+
+/// One GPU with the zipserv kernels loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub name: String,
+    pub sms: u32,
+    pub sm: u32,
+    decompress_fn: CudaFunction,
+    gemm_fns: Vec<(usize, CudaFunction)>,
+    blas: CudaBlas,
+    scratch: Mutex<Scratch>,
+    tuned: Mutex<HashMap<(usize, usize, usize), Split>>,
+}
+
+impl Gpu {
+    /// Open GPU `ordinal` and load the kernels.
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        if let Some(why) = unavailable() {
+            return Err(Error::Gpu(why));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(gpu_err)?;
+        // Raw pointers and stream order only: no per-buffer event tracking.
+        unsafe { ctx.disable_event_tracking() };
+        let (maj, min) = ctx.compute_capability().map_err(gpu_err)?;
+        let sm = (maj * 10 + min) as u32;
+        if sm < 80 {
+            return Err(Error::Gpu(format!(
+                "compute capability {maj}.{min}: zipserv needs 8.0 or newer"
+            )));
+        }
+        let name = ctx.name().map_err(gpu_err)?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(gpu_err)? as u32;
+        let stream = ctx.default_stream();
+        let ptx = embedded_ptx(sm)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(gpu_err)?;
+        let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
+        let gemm_fns = GEMM_NB
+            .iter()
+            .map(|&nb| {
+                Ok((
+                    nb,
+                    module
+                        .load_function(&format!("zs_gemm_nb{nb}"))
+                        .map_err(gpu_err)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let blas = CudaBlas::new(stream.clone()).map_err(gpu_err)?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            name,
+            sms,
+            sm,
+            decompress_fn,
+            gemm_fns,
+            blas,
+            scratch: Mutex::new(Scratch {
+                ws: None,
+                counters: None,
+                dense: None,
+            }),
+            tuned: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(gpu_err)
+    }
+
+    /// Raw device address of a buffer.
+    pub fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    /// Validate a device-layout matrix, then copy it to the GPU.
+    pub fn upload(&self, d: &DeviceMatrix) -> Result<GpuMatrix> {
+        d.validate()?;
+        let s = &self.stream;
+        let exc: Vec<u16> = if d.exc.is_empty() {
+            vec![0]
+        } else {
+            d.exc.clone()
+        };
+        Ok(GpuMatrix {
+            rows: d.rows,
+            cols: d.cols,
+            table: d.table_words(),
+            records: s.clone_htod(&d.records).map_err(gpu_err)?,
+            exc_off: s.clone_htod(&d.exc_off).map_err(gpu_err)?,
+            exc: s.clone_htod(&exc).map_err(gpu_err)?,
+            bytes: d.device_bytes(),
+        })
+    }
+
+    /// Decompress into `out` (`rows * cols` BF16 bit patterns, row-major):
+    /// asynchronous on the GPU's stream, no allocation.
+    pub fn decompress(&self, m: &GpuMatrix, out: &CudaSlice<u16>) -> Result<()> {
+        self.decompress_raw(m, self.ptr(out), out.len())
+    }
+
+    fn decompress_raw(&self, m: &GpuMatrix, out: u64, len: usize) -> Result<()> {
+        if len < m.rows * m.cols {
+            return Err(Error::invalid(
+                "decompress: output buffer is smaller than the matrix",
+            ));
+        }
+        let tiles = (m.rows / 16) * (m.cols / 64);
+        let blocks = (tiles as u32).div_ceil(WARPS).min(self.sms * 16);
+        let (rec, eo, ex) = (self.ptr(&m.records), self.ptr(&m.exc_off), self.ptr(&m.exc));
+        let (r, c) = (m.rows as u32, m.cols as u32);
+        let mut b = self.stream.launch_builder(&self.decompress_fn);
+        b.arg(&rec)
+            .arg(&eo)
+            .arg(&ex)
+            .arg(&m.table.0)
+            .arg(&m.table.1)
+            .arg(&out)
+            .arg(&r)
+            .arg(&c);
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (WARPS * 32, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(gpu_err)?;
+        Ok(())
+    }
+
+    /// A split for shape (m, k) aiming at about `warps_per_sm` resident warps.
+    pub fn default_split(&self, m: usize, k: usize) -> Split {
+        let strips = (m / 16) as u32;
+        let kt = (k / 64) as u32;
+        let want = self.sms * 24;
+        let sk = want.div_ceil(strips).clamp(1, kt.div_ceil(4).max(1));
+        split_for(kt, sk)
+    }
+
+    /// The split used for (m, k, n): tuned if [`Gpu::tune`] ran, else the default.
+    pub fn split(&self, m: usize, k: usize, n: usize) -> Split {
+        let nb = nb_for(n);
+        self.tuned
+            .lock()
+            .unwrap()
+            .get(&(m, k, nb))
+            .copied()
+            .unwrap_or_else(|| self.default_split(m, k))
+    }
+
+    fn ensure_scratch(
+        &self,
+        ws_len: usize,
+        counters: usize,
+        dense: usize,
+    ) -> Result<(u64, u64, u64)> {
+        let mut s = self.scratch.lock().unwrap();
+        let st = &self.stream;
+        if s.ws.as_ref().is_none_or(|w| w.len() < ws_len) {
+            s.ws = Some(st.alloc_zeros::<f32>(ws_len.max(1)).map_err(gpu_err)?);
+        }
+        if s.counters.as_ref().is_none_or(|w| w.len() < counters) {
+            s.counters = Some(st.alloc_zeros::<u32>(counters.max(1)).map_err(gpu_err)?);
+        }
+        if dense > 0 && s.dense.as_ref().is_none_or(|w| w.len() < dense) {
+            s.dense = Some(st.alloc_zeros::<u16>(dense).map_err(gpu_err)?);
+        }
+        Ok((
+            self.ptr(s.ws.as_ref().unwrap()),
+            self.ptr(s.counters.as_ref().unwrap()),
+            s.dense.as_ref().map(|d| self.ptr(d)).unwrap_or(0),
+        ))
+    }
+
+    /// Reserve the workspaces for matrices up to `max_m x max_k` and N up to
+    /// `max_n`, so that no call allocates afterwards.
+    pub fn reserve(&self, max_m: usize, max_k: usize, max_n: usize) -> Result<()> {
+        self.ensure_scratch(max_m * max_n.min(FUSED_MAX_N), max_m / 16, max_m * max_k)?;
+        Ok(())
+    }
+
+    /// Fused ZipGEMM: `y[n][m] = sum_k x[n][k] * W[m][k]` for `n < n_rows`
+    /// (x: `n x K` BF16 row-major, y: `n x M` BF16 row-major), FP32 accumulation.
+    pub fn gemm_fused(
+        &self,
+        w: &GpuMatrix,
+        x: u64,
+        y: u64,
+        n: usize,
+        split: Option<Split>,
+    ) -> Result<()> {
+        if n == 0 || n > FUSED_MAX_N {
+            return Err(Error::invalid(format!(
+                "fused ZipGEMM takes 1..={FUSED_MAX_N} rows, got {n}"
+            )));
+        }
+        let (m, k) = (w.rows, w.cols);
+        let sp = split.unwrap_or_else(|| self.split(m, k, n));
+        let kt = (k / 64) as u32;
+        if sp.sk == 0 || sp.tps == 0 || sp.tps.checked_mul(sp.sk).is_none_or(|c| c < kt) {
+            return Err(Error::invalid(format!(
+                "split {sp:?} does not cover {kt} k tiles"
+            )));
+        }
+        let nb = nb_for(n);
+        let f = &self.gemm_fns.iter().find(|(b, _)| *b == nb).unwrap().1;
+        let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
+        let strips = (m / 16) as u32;
+        let blocks = (strips * sp.sk).div_ceil(WARPS);
+        let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
+        let (mm, nn, kk) = (m as u32, n as u32, k as u32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&rec)
+            .arg(&eo)
+            .arg(&ex)
+            .arg(&w.table.0)
+            .arg(&w.table.1);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&ws)
+            .arg(&ctr)
+            .arg(&mm)
+            .arg(&nn)
+            .arg(&kk)
+            .arg(&sp.sk)
+            .arg(&sp.tps);
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (WARPS * 32, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(gpu_err)?;
+        Ok(())
+    }
+
+    /// cuBLAS `y = x W^T` on a dense BF16 `W` (`m x k` row-major), FP32 compute.
+    pub fn cublas_gemm(&self, w: u64, x: u64, y: u64, m: usize, n: usize, k: usize) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        unsafe {
+            blas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m as i32,
+                n as i32,
+                k as i32,
+                (&alpha) as *const f32 as *const _,
+                w as *const _,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                k as i32,
+                x as *const _,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                k as i32,
+                (&beta) as *const f32 as *const _,
+                y as *mut _,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                m as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(gpu_err)
+    }
+
+    /// Prefill path: decompress into a reusable scratch, then cuBLAS.
+    pub fn gemm_decoupled(&self, w: &GpuMatrix, x: u64, y: u64, n: usize) -> Result<()> {
+        let (_, _, dense) = self.ensure_scratch(0, 0, w.rows * w.cols)?;
+        self.decompress_raw(w, dense, w.rows * w.cols)?;
+        self.cublas_gemm(dense, x, y, w.rows, n, w.cols)
+    }
+
+    /// Time `f` with CUDA events: median over `runs` runs (milliseconds), after
+    /// `warmup` untimed runs. `f(i)` gets the run index (for rotating inputs).
+    pub fn time_ms(
+        &self,
+        warmup: usize,
+        runs: usize,
+        mut f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<f64> {
+        for i in 0..warmup {
+            f(i)?;
+        }
+        let mut t = Vec::with_capacity(runs);
+        let ev = |s: &Self| {
+            s.ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(gpu_err)
+        };
+        let (a, b) = (ev(self)?, ev(self)?);
+        for i in 0..runs {
+            a.record(&self.stream).map_err(gpu_err)?;
+            f(warmup + i)?;
+            b.record(&self.stream).map_err(gpu_err)?;
+            b.synchronize().map_err(gpu_err)?;
+            t.push(a.elapsed_ms(&b).map_err(gpu_err)? as f64);
+        }
+        t.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        Ok(t[t.len() / 2])
+    }
+
+    /// Pick the fastest split for (matrix shape, n) by timing candidates on
+    /// `w`; the choice is used by [`Gpu::split`] from then on.
+    pub fn tune(&self, w: &[&GpuMatrix], x: u64, y: u64, n: usize) -> Result<Split> {
+        let (m, k) = (w[0].rows, w[0].cols);
+        let kt = (k / 64) as u32;
+        let strips = (m / 16) as u32;
+        let mut cands: Vec<Split> = Vec::new();
+        for warps_per_sm in [8u32, 16, 24, 32, 48, 64] {
+            let sk = (self.sms * warps_per_sm).div_ceil(strips).clamp(1, kt);
+            let s = split_for(kt, sk);
+            if !cands.contains(&s) {
+                cands.push(s);
+            }
+        }
+        let mut best = (f64::MAX, cands[0]);
+        for s in cands {
+            let t = self.time_ms(3, 15, |i| self.gemm_fused(w[i % w.len()], x, y, n, Some(s)))?;
+            if t < best.0 {
+                best = (t, s);
+            }
+        }
+        self.tuned.lock().unwrap().insert((m, k, nb_for(n)), best.1);
+        Ok(best.1)
+    }
+}
+
+/// `sk` splits of a `kt`-tile range, made even.
+pub fn split_for(kt: u32, sk: u32) -> Split {
+    let tps = kt.div_ceil(sk.max(1));
+    Split {
+        sk: kt.div_ceil(tps),
+        tps,
+    }
+}
+
+/// Kernel variant (8-column blocks) for `n` activation rows.
+pub fn nb_for(n: usize) -> usize {
+    let need = n.div_ceil(8);
+    *GEMM_NB.iter().find(|&&b| b >= need).unwrap_or(&16)
+}
+
+/// A linear layer over a compressed weight: fused ZipGEMM up to `crossover`
+/// rows of activations, decompress + cuBLAS above (the prefill path).
+pub struct ZipLinear {
+    pub weight: GpuMatrix,
+    pub crossover: usize,
+}
+
+impl ZipLinear {
+    pub fn new(weight: GpuMatrix) -> Self {
+        ZipLinear {
+            weight,
+            crossover: FUSED_MAX_N,
+        }
+    }
+    /// `y = x W^T`; `x`: `n x K`, `y`: `n x M`, BF16 row-major device buffers.
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<u16>,
+        y: &CudaSlice<u16>,
+        n: usize,
+    ) -> Result<()> {
+        let (m, k) = (self.weight.rows, self.weight.cols);
+        if x.len() < n * k || y.len() < n * m {
+            return Err(Error::invalid(format!(
+                "ZipLinear {m}x{k}: buffers too small for n = {n} (x {} elements, y {})",
+                x.len(),
+                y.len()
+            )));
+        }
+        self.forward_raw(gpu, gpu.ptr(x), gpu.ptr(y), n)
+    }
+    pub fn forward_raw(&self, gpu: &Gpu, x: u64, y: u64, n: usize) -> Result<()> {
+        if x % 16 != 0 {
+            return Err(Error::invalid("activations must be 16-byte aligned"));
+        }
+        if n <= self.crossover.min(FUSED_MAX_N) {
+            gpu.gemm_fused(&self.weight, x, y, n, None)
+        } else {
+            gpu.gemm_decoupled(&self.weight, x, y, n)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Exponent histogram and the coverage-maximising window (`FORMAT.md` §2).
+use rayon::prelude::*;
+
+/// Histogram of the 8-bit exponents of BF16 bit patterns.
+pub fn exponent_histogram(bits: &[u16]) -> [u64; 256] {
+    bits.par_chunks(1 << 16)
+        .map(|chunk| {
+            let mut h = [0u64; 256];
+            for &x in chunk {
+                h[((x >> 7) & 0xff) as usize] += 1;
+            }
+            h
+        })
+        .reduce(
+            || [0u64; 256],
+            |mut a, b| {
+                for i in 0..256 {
+                    a[i] += b[i];
+                }
+                a
+            },
+        )
+}
+
+/// The base exponent `B` in `0..=248` maximising the count of exponents in
+/// `B+1 ..= B+7`; ties go to the smallest `B`. Returns `(B, covered)`.
+pub fn choose_base(hist: &[u64; 256]) -> (u8, u64) {
+    let mut best = (0u8, 0u64);
+    for b in 0..=248usize {
+        let covered: u64 = hist[b + 1..=b + 7].iter().sum();
+        if covered > best.1 {
+            best = (b as u8, covered);
+        }
+    }
+    best
+}
+
+/// Code of an element: `e - B` when in `1..=7`, else 0.
+#[inline(always)]
+pub fn code_of(x: u16, base: u8) -> u8 {
+    let e = ((x >> 7) & 0xff) as u8;
+    let c = e.wrapping_sub(base);
+    if (1..=7).contains(&c) {
+        c
+    } else {
+        0
+    }
+}
