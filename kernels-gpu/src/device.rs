@@ -14,14 +14,73 @@ use core::arch::nvptx::*;
 /// Warps per thread block of every kernel.
 pub const WARPS: u32 = 8;
 
-// Per-warp high-byte scratch (512 bytes a warp) for the exception patch.
-global_asm!(".shared .align 16 .b8 zs_scratch[4096];");
+// Dynamic shared memory. Per warp: a 512-byte high-byte scratch for the
+// exception patch, then (ZipGEMM) the warp's ring of staged tile records.
+global_asm!(".extern .shared .align 16 .b8 zs_dyn[];");
 
 #[inline(always)]
-fn scratch_base(warp: u32) -> u32 {
+fn smem_base() -> u32 {
     let base: u32;
-    unsafe { asm!("mov.u32 {0}, zs_scratch;", out(reg32) base, options(pure, nomem, nostack)) };
-    base + warp * 512
+    unsafe { asm!("mov.u32 {0}, zs_dyn;", out(reg32) base, options(pure, nomem, nostack)) };
+    base
+}
+
+#[inline(always)]
+unsafe fn cp_async16(dst: u32, src: *const u8) {
+    asm!("cp.async.cg.shared.global [{0}], [{1}], 16;", in(reg32) dst, in(reg64) src, options(nostack));
+}
+
+/// 16-byte async copy that writes zeros instead when `valid` is false.
+#[inline(always)]
+unsafe fn cp_async16_zfill(dst: u32, src: *const u8, valid: bool) {
+    let n: u32 = if valid { 16 } else { 0 };
+    asm!("cp.async.cg.shared.global [{0}], [{1}], 16, {2};", in(reg32) dst, in(reg64) src, in(reg32) n, options(nostack));
+}
+
+#[inline(always)]
+fn bar_sync() {
+    unsafe { asm!("bar.sync 0;", options(nostack)) };
+}
+
+#[inline(always)]
+unsafe fn cp_async_commit() {
+    asm!("cp.async.commit_group;", options(nostack));
+}
+
+#[inline(always)]
+unsafe fn cp_async_wait<const N: usize>() {
+    asm!("cp.async.wait_group {n};", n = const N, options(nostack));
+}
+
+#[inline(always)]
+unsafe fn lds_u32(addr: u32) -> u32 {
+    let a: u32;
+    asm!("ld.shared.u32 {0}, [{1}];", out(reg32) a, in(reg32) addr, options(nostack));
+    a
+}
+
+/// Stage one tile record into shared memory (3 16-byte copies a lane at most).
+#[inline(always)]
+unsafe fn stage_tile(records: *const u8, tile: u32, lane: u32, dst: u32) {
+    let rec = records.add(tile as usize * DT_RECORD_BYTES);
+    cp_async16(dst + lane * 16, rec.add(lane as usize * 16));
+    cp_async16(dst + 512 + lane * 16, rec.add(512 + lane as usize * 16));
+    if lane < 24 {
+        cp_async16(dst + 1024 + lane * 16, rec.add(1024 + lane as usize * 16));
+    }
+}
+
+/// A staged tile as this lane needs it.
+#[inline(always)]
+unsafe fn read_staged(src: u32, lane: u32) -> TileRegs {
+    TileRegs {
+        lo: [lds_v4(src + lane * 16), lds_v4(src + 512 + lane * 16)],
+        sel: [
+            lds_u32(src + 1024 + lane * 4),
+            lds_u32(src + 1024 + 128 + lane * 4),
+            lds_u32(src + 1024 + 256 + lane * 4),
+        ],
+    }
 }
 
 #[inline(always)]
@@ -176,7 +235,10 @@ unsafe fn load_exc_first(exc: *const u16, b: [u32; 3], lane: u32) -> [u32; 2] {
     e
 }
 
-/// High bytes of the lane's 16 weights of half `half`, exceptions patched.
+/// High bytes of the lane's 16 weights of half `half`, exceptions patched:
+/// every lane parks its 16 bytes in the warp's scratch, lane `i` XORs
+/// exception `i` in (a loop takes any past 32), and every lane reads its bytes
+/// back. Exceptions are ~3% of weights, so nearly every half has some.
 #[inline(always)]
 unsafe fn high_bytes(
     t: &TileRegs,
@@ -195,33 +257,29 @@ unsafe fn high_bytes(
     } else {
         (nib[2], nib[3])
     };
-    let mut h = [
+    let h = [
         prmt(tab.0, tab.1, sa),
         prmt(tab.0, tab.1, sa >> 16),
         prmt(tab.0, tab.1, sb),
         prmt(tab.0, tab.1, sb >> 16),
     ];
-    if end > start {
-        // Warp-uniform: the whole warp patches through its scratch.
-        let mine = scratch + lane * 16;
-        sts_v4(mine, h);
-        syncwarp();
-        if lane < end - start {
-            xor_shared_u8(scratch + (first & 0x1ff), first >> 9);
-        }
-        let mut i = start + 32;
-        while i < end {
-            if i + lane < end {
-                let e = ld_nc_u16(exc.add((i + lane) as usize));
-                xor_shared_u8(scratch + (e & 0x1ff), e >> 9);
-            }
+    let mine = scratch + lane * 16;
+    sts_v4(mine, h);
+    syncwarp();
+    let cnt = end - start;
+    if lane < cnt {
+        xor_shared_u8(scratch + (first & 0x1ff), first >> 9);
+    }
+    if cnt > 32 {
+        let mut i = 32 + lane;
+        while i < cnt {
+            let e = ld_nc_u16(exc.add((start + i) as usize));
+            xor_shared_u8(scratch + (e & 0x1ff), e >> 9);
             i += 32;
         }
-        syncwarp();
-        h = lds_v4(mine);
-        syncwarp();
     }
-    h
+    syncwarp();
+    lds_v4(mine)
 }
 
 /// The 8 A registers (two k16 slices) of a half from low and high bytes.
@@ -256,7 +314,7 @@ pub unsafe extern "gpu-kernel" fn zs_decompress(
     cols: u32,
 ) {
     let (lane, warp) = lane_warp();
-    let scratch = scratch_base(warp);
+    let scratch = smem_base() + warp * 512;
     let kt = cols / DT_COLS as u32;
     let tiles = (rows / DT_ROWS as u32) * kt;
     let step = _grid_dim_x() as u32 * WARPS;
@@ -314,9 +372,20 @@ pub unsafe extern "gpu-kernel" fn zs_decompress(
     }
 }
 
-/// Per-warp ZipGEMM over one strip and one range of k tiles.
+/// Shared-memory bytes of one ZipGEMM block: 8 exception scratches, then `S`
+/// stages of (activation tile `8 NB x 64`, `8 RS` tile records).
+pub const fn gemm_smem_bytes(nb: usize, rs: usize, stages: usize) -> usize {
+    WARPS as usize * 512 + stages * (nb * 1024 + WARPS as usize * rs * DT_RECORD_BYTES)
+}
+
+/// ZipGEMM block: 8 warps, each owning `RS` consecutive 16-row strips, all on
+/// the same range of k tiles. Per k tile, the block stages the activation tile
+/// (`8 NB` rows x 64 columns, 16-byte chunks swizzled against bank conflicts)
+/// and its warps' tile records into a ring of `S` shared-memory stages with
+/// `cp.async`, one barrier per k tile. Each warp decodes its records straight
+/// into `mma.sync` A registers; exception lists come through registers.
 #[inline(always)]
-unsafe fn gemm<const NB: usize>(
+unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(
     records: *const u8,
     exc_off: *const u32,
     exc: *const u16,
@@ -332,7 +401,285 @@ unsafe fn gemm<const NB: usize>(
     tps: u32,
 ) {
     let (lane, warp) = lane_warp();
-    let scratch = scratch_base(warp);
+    let tid = warp * 32 + lane;
+    let base = smem_base();
+    let scratch = base + warp * 512;
+    let ring = base + WARPS * 512;
+    let xbytes = (NB * 1024) as u32;
+    let stage_bytes = xbytes + WARPS * RS as u32 * DT_RECORD_BYTES as u32;
+    let strips = m / 16;
+    let kt = k / 64;
+    let block_strips = WARPS * RS as u32;
+    let cta_groups = (strips + block_strips - 1) / block_strips;
+    let b = _block_idx_x() as u32;
+    let (ks, cg) = (b / cta_groups, b % cta_groups);
+    let block_first = cg * block_strips;
+    let first_strip = block_first + warp * RS as u32;
+    let active = first_strip < strips;
+    let t0 = ks * tps;
+    let t1 = if t0 + tps < kt { t0 + tps } else { kt };
+    let (r0, q) = (lane / 4, lane % 4);
+    let mut acc = [[[0f32; 4]; NB]; RS];
+    let tile_of = |j: usize, t: u32| (first_strip + j as u32) * kt + t;
+
+    // Activation chunks this thread copies per k tile: (source element offset
+    // at k tile 0, swizzled destination offset, in range).
+    const XPT_MAX: usize = 4;
+    let xpt = (64 * NB).div_ceil(WARPS as usize * 32);
+    let mut xsrc = [0u32; XPT_MAX];
+    let mut xdst = [0u32; XPT_MAX];
+    let mut xok = [false; XPT_MAX];
+    for i in 0..xpt {
+        let c = tid + i as u32 * WARPS * 32;
+        let (row, ch) = (c / 8, c % 8);
+        xok[i] = c < 64 * NB as u32 && row < n;
+        xsrc[i] = if xok[i] { row * k + ch * 8 } else { 0 };
+        xdst[i] = row * 128 + ((ch ^ ((row & 1) * 4)) * 16);
+    }
+    // B fragment offsets inside a stage: row r0 of block 0, chunk 4h + q swizzled.
+    let boff = [
+        r0 * 128 + ((q ^ ((r0 & 1) * 4)) * 16),
+        r0 * 128 + (((4 + q) ^ ((r0 & 1) * 4)) * 16),
+    ];
+    let rec_dst = xbytes + warp * RS as u32 * DT_RECORD_BYTES as u32;
+
+    // Stage k tile `t` into stage `st`: the block's activation chunks, and
+    // this warp's own records.
+    let issue = |t: u32, st: u32| {
+        if t < t1 {
+            for i in 0..xpt {
+                if 64 * NB as u32 >= WARPS * 32 * (i as u32 + 1)
+                    || tid + i as u32 * WARPS * 32 < 64 * NB as u32
+                {
+                    cp_async16_zfill(
+                        st + xdst[i],
+                        x.add((xsrc[i] + t * 64) as usize) as *const u8,
+                        xok[i],
+                    );
+                }
+            }
+            if active {
+                for j in 0..RS {
+                    stage_tile(
+                        records,
+                        tile_of(j, t),
+                        lane,
+                        st + rec_dst + (j * DT_RECORD_BYTES) as u32,
+                    );
+                }
+            }
+        }
+        cp_async_commit();
+    };
+
+    if t0 < t1 {
+        let mut issue_stage = 0u32;
+        for s in 0..S as u32 - 1 {
+            issue(t0 + s, ring + issue_stage * stage_bytes);
+            issue_stage += 1;
+        }
+        let mut cur_stage = 0u32;
+        let mut cb = [[0u32; 3]; RS];
+        let mut nbd = [[0u32; 3]; RS];
+        let mut ce = [[0u32; 2]; RS];
+        if active {
+            for j in 0..RS {
+                cb[j] = load_exc_bounds(exc_off, tile_of(j, t0));
+                if t0 + 1 < t1 {
+                    nbd[j] = load_exc_bounds(exc_off, tile_of(j, t0 + 1));
+                }
+            }
+            for j in 0..RS {
+                ce[j] = load_exc_first(exc, cb[j], lane);
+            }
+        }
+        let mut t = t0;
+        loop {
+            match S {
+                2 => cp_async_wait::<0>(),
+                3 => cp_async_wait::<1>(),
+                4 => cp_async_wait::<2>(),
+                5 => cp_async_wait::<3>(),
+                _ => cp_async_wait::<0>(),
+            }
+            // Tile t has landed for everyone, and everyone is done with t - 1,
+            // whose stage the next copy reuses.
+            bar_sync();
+            issue(t + S as u32 - 1, ring + issue_stage * stage_bytes);
+            issue_stage = if issue_stage + 1 == S as u32 {
+                0
+            } else {
+                issue_stage + 1
+            };
+            let st = ring + cur_stage * stage_bytes;
+            cur_stage = if cur_stage + 1 == S as u32 {
+                0
+            } else {
+                cur_stage + 1
+            };
+            let mut farb = nbd;
+            let mut ne = [[0u32; 2]; RS];
+            if active {
+                if t + 2 < t1 {
+                    for j in 0..RS {
+                        farb[j] = load_exc_bounds(exc_off, tile_of(j, t + 2));
+                    }
+                }
+                if t + 1 < t1 {
+                    for j in 0..RS {
+                        ne[j] = load_exc_first(exc, nbd[j], lane);
+                    }
+                }
+                let mut cur = [TileRegs {
+                    lo: [[0; 4]; 2],
+                    sel: [0; 3],
+                }; RS];
+                for j in 0..RS {
+                    cur[j] = read_staged(st + rec_dst + (j * DT_RECORD_BYTES) as u32, lane);
+                }
+                for half in 0..2usize {
+                    let mut bx = [[0u32; 4]; NB];
+                    for (nb, bv) in bx.iter_mut().enumerate() {
+                        *bv = lds_v4(st + boff[half] + nb as u32 * 1024);
+                    }
+                    for j in 0..RS {
+                        let h = high_bytes(
+                            &cur[j],
+                            half,
+                            tab,
+                            exc,
+                            cb[j][half],
+                            cb[j][half + 1],
+                            ce[j][half],
+                            lane,
+                            scratch,
+                        );
+                        let a = assemble(&cur[j].lo[half], &h);
+                        let a0 = [a[0], a[1], a[2], a[3]];
+                        let a1 = [a[4], a[5], a[6], a[7]];
+                        for nb in 0..NB {
+                            mma(&mut acc[j][nb], &a0, bx[nb][0], bx[nb][1]);
+                            mma(&mut acc[j][nb], &a1, bx[nb][2], bx[nb][3]);
+                        }
+                    }
+                }
+            }
+            t += 1;
+            if t >= t1 {
+                break;
+            }
+            cb = nbd;
+            nbd = farb;
+            ce = ne;
+        }
+        cp_async_wait::<0>();
+    }
+    if !active {
+        return;
+    }
+    finish::<NB, RS>(&acc, y, ws, counters, m, n, sk, first_strip, lane);
+}
+
+/// Write a warp's accumulators for strips `first_strip ..+ RS`: BF16 straight
+/// to `y` without split-K, else FP32 atomics into the workspace, and the last
+/// of the `sk` warps of the strips converts them to BF16 and clears the
+/// workspace and its counter for the next call.
+#[inline(always)]
+unsafe fn finish<const NB: usize, const RS: usize>(
+    acc: &[[[f32; 4]; NB]; RS],
+    y: *mut u16,
+    ws: *mut f32,
+    counters: *mut u32,
+    m: u32,
+    n: u32,
+    sk: u32,
+    first_strip: u32,
+    lane: u32,
+) {
+    let (r0, q) = (lane / 4, lane % 4);
+    let group = first_strip / RS as u32;
+
+    // Epilogue. Accumulator (j, nb, i): row 16 (first_strip + j) + r0 + 8 (i / 2),
+    // column nb * 8 + 2q + i % 2.
+    if sk == 1 {
+        for j in 0..RS {
+            for nb in 0..NB {
+                for i in 0..4usize {
+                    let col = nb as u32 * 8 + 2 * q + (i as u32 % 2);
+                    let row = (first_strip + j as u32) * 16 + r0 + 8 * (i as u32 / 2);
+                    if col < n {
+                        *y.add((col * m + row) as usize) = f32_to_bf16(acc[j][nb][i]);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    for j in 0..RS {
+        for nb in 0..NB {
+            for i in 0..4usize {
+                let col = nb as u32 * 8 + 2 * q + (i as u32 % 2);
+                let row = (first_strip + j as u32) * 16 + r0 + 8 * (i as u32 / 2);
+                if col < n {
+                    let p = ws.add((col * m + row) as usize);
+                    asm!("red.global.add.f32 [{0}], {1};", in(reg64) p, in(reg32) acc[j][nb][i], options(nostack));
+                }
+            }
+        }
+    }
+    asm!("fence.acq_rel.gpu;", options(nostack));
+    syncwarp();
+    let mut old = 0u32;
+    if lane == 0 {
+        asm!("atom.global.acq_rel.gpu.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) counters.add(group as usize), options(nostack));
+    }
+    old = shfl_idx(old, 0);
+    if old != sk - 1 {
+        return;
+    }
+    // The last warp of this strip group: read the sums, write BF16, clear the
+    // workspace and the counter for the next call.
+    asm!("fence.acq_rel.gpu;", options(nostack));
+    let rows = 16 * RS as u32;
+    let total = rows * n;
+    let mut i = lane;
+    while i < total {
+        let (col, r) = (i / rows, i % rows);
+        let idx = (col * m + first_strip * 16 + r) as usize;
+        let v: f32;
+        asm!("ld.global.cg.f32 {0}, [{1}];", out(reg32) v, in(reg64) ws.add(idx), options(nostack));
+        *y.add(idx) = f32_to_bf16(v);
+        asm!("st.global.cg.f32 [{0}], {1};", in(reg64) ws.add(idx), in(reg32) 0f32, options(nostack));
+        i += 32;
+    }
+    if lane == 0 {
+        asm!("st.global.relaxed.gpu.u32 [{0}], {1};", in(reg64) counters.add(group as usize), in(reg32) 0u32, options(nostack));
+    }
+}
+
+/// ZipGEMM, warp-independent variant (best for small N): each warp streams one
+/// 16-row strip over its range of k tiles with no block barrier; tile records
+/// come through registers two tiles ahead, activation fragments straight from
+/// global memory (L1-cached: the block's 8 warps read the same k tiles) one
+/// half ahead.
+#[inline(always)]
+unsafe fn gemm_warp<const NB: usize>(
+    records: *const u8,
+    exc_off: *const u32,
+    exc: *const u16,
+    tab: (u32, u32),
+    x: *const u16,
+    y: *mut u16,
+    ws: *mut f32,
+    counters: *mut u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    sk: u32,
+    tps: u32,
+) {
+    let (lane, warp) = lane_warp();
+    let scratch = smem_base() + warp * 512;
     let strips = m / 16;
     let kt = k / 64;
     let gw = _block_idx_x() as u32 * WARPS + warp;
@@ -343,53 +690,48 @@ unsafe fn gemm<const NB: usize>(
     let t0 = ks * tps;
     let t1 = if t0 + tps < kt { t0 + tps } else { kt };
     let (r0, q) = (lane / 4, lane % 4);
-    let mut acc = [[0f32; 4]; NB];
-
-    // Activation row pointers of this lane (row n = nb * 8 + lane / 4), or None.
-    let act = |nb: usize, ktile: u32, half: u32| -> [u32; 4] {
-        let row = nb as u32 * 8 + r0;
-        if row < n {
-            ld_act_v4(x.add((row * k + ktile * 64 + 32 * half + 8 * q) as usize))
-        } else {
-            [0; 4]
+    let mut acc = [[[0f32; 4]; NB]; 1];
+    // Activation fragments of half `half` of k tile `t` (rows past n are zero).
+    let act = |t: u32, half: u32| -> [[u32; 4]; NB] {
+        let mut bx = [[0u32; 4]; NB];
+        for (nb, b) in bx.iter_mut().enumerate() {
+            let row = nb as u32 * 8 + r0;
+            if row < n {
+                *b = ld_act_v4(x.add((row * k + t * 64 + 32 * half + 8 * q) as usize));
+            }
         }
+        bx
     };
-
     if t0 < t1 {
-        let base_tile = strip * kt;
-        let mut cur = load_tile(records, base_tile + t0, lane);
-        let mut cb = load_exc_bounds(exc_off, base_tile + t0);
-        let mut nxt = if t0 + 1 < t1 {
-            load_tile(records, base_tile + t0 + 1, lane)
-        } else {
-            cur
-        };
-        let mut nb_ = if t0 + 1 < t1 {
-            load_exc_bounds(exc_off, base_tile + t0 + 1)
-        } else {
-            cb
-        };
+        let tile0 = strip * kt;
+        let mut cur = load_tile(records, tile0 + t0, lane);
+        let mut cb = load_exc_bounds(exc_off, tile0 + t0);
+        let mut nxt = cur;
+        let mut nbd = cb;
+        if t0 + 1 < t1 {
+            nxt = load_tile(records, tile0 + t0 + 1, lane);
+            nbd = load_exc_bounds(exc_off, tile0 + t0 + 1);
+        }
         let mut ce = load_exc_first(exc, cb, lane);
+        let mut bnext = act(t0, 0);
         let mut t = t0;
         loop {
-            // Prefetch two tiles ahead.
-            let far = if t + 2 < t1 {
-                (
-                    load_tile(records, base_tile + t + 2, lane),
-                    load_exc_bounds(exc_off, base_tile + t + 2),
-                )
-            } else {
-                (nxt, nb_)
-            };
+            let (mut far, mut farb) = (nxt, nbd);
+            if t + 2 < t1 {
+                far = load_tile(records, tile0 + t + 2, lane);
+                farb = load_exc_bounds(exc_off, tile0 + t + 2);
+            }
             let ne = if t + 1 < t1 {
-                load_exc_first(exc, nb_, lane)
+                load_exc_first(exc, nbd, lane)
             } else {
                 [0, 0]
             };
             for half in 0..2usize {
-                let mut bx = [[0u32; 4]; NB];
-                for (nb, b) in bx.iter_mut().enumerate() {
-                    *b = act(nb, t, half as u32);
+                let bx = bnext;
+                if half == 0 {
+                    bnext = act(t, 1);
+                } else if t + 1 < t1 {
+                    bnext = act(t + 1, 0);
                 }
                 let h = high_bytes(
                     &cur,
@@ -406,8 +748,8 @@ unsafe fn gemm<const NB: usize>(
                 let a0 = [a[0], a[1], a[2], a[3]];
                 let a1 = [a[4], a[5], a[6], a[7]];
                 for nb in 0..NB {
-                    mma(&mut acc[nb], &a0, bx[nb][0], bx[nb][1]);
-                    mma(&mut acc[nb], &a1, bx[nb][2], bx[nb][3]);
+                    mma(&mut acc[0][nb], &a0, bx[nb][0], bx[nb][1]);
+                    mma(&mut acc[0][nb], &a1, bx[nb][2], bx[nb][3]);
                 }
             }
             t += 1;
@@ -415,65 +757,16 @@ unsafe fn gemm<const NB: usize>(
                 break;
             }
             cur = nxt;
-            cb = nb_;
+            cb = nbd;
             ce = ne;
-            nxt = far.0;
-            nb_ = far.1;
+            nxt = far;
+            nbd = farb;
         }
     }
-
-    // Epilogue. Accumulator (nb, i): row r0 + 8 * (i / 2), column nb * 8 + 2q + i % 2.
-    let mrow = strip * 16 + r0;
-    if sk == 1 {
-        for nb in 0..NB {
-            for i in 0..4usize {
-                let col = nb as u32 * 8 + 2 * q + (i as u32 % 2);
-                let row = mrow + 8 * (i as u32 / 2);
-                if col < n {
-                    *y.add((col * m + row) as usize) = f32_to_bf16(acc[nb][i]);
-                }
-            }
-        }
-        return;
-    }
-    for nb in 0..NB {
-        for i in 0..4usize {
-            let col = nb as u32 * 8 + 2 * q + (i as u32 % 2);
-            let row = mrow + 8 * (i as u32 / 2);
-            if col < n {
-                let p = ws.add((col * m + row) as usize);
-                asm!("red.global.add.f32 [{0}], {1};", in(reg64) p, in(reg32) acc[nb][i], options(nostack));
-            }
-        }
-    }
-    asm!("fence.acq_rel.gpu;", options(nostack));
-    let mut old = 0u32;
-    if lane == 0 {
-        asm!("atom.global.acq_rel.gpu.add.u32 {0}, [{1}], 1;", out(reg32) old, in(reg64) counters.add(strip as usize), options(nostack));
-    }
-    old = shfl_idx(old, 0);
-    if old != sk - 1 {
-        return;
-    }
-    // The last warp of this strip: read the sums, write BF16, clear for the next call.
-    asm!("fence.acq_rel.gpu;", options(nostack));
-    let total = 16 * n;
-    let mut i = lane;
-    while i < total {
-        let (col, r) = (i / 16, i % 16);
-        let p = ws.add((col * m + strip * 16 + r) as usize);
-        let v: f32;
-        asm!("ld.global.cg.f32 {0}, [{1}];", out(reg32) v, in(reg64) p, options(nostack));
-        *y.add((col * m + strip * 16 + r) as usize) = f32_to_bf16(v);
-        asm!("st.global.cg.f32 [{0}], {1};", in(reg64) p, in(reg32) 0f32, options(nostack));
-        i += 32;
-    }
-    if lane == 0 {
-        asm!("st.global.relaxed.gpu.u32 [{0}], {1};", in(reg64) counters.add(strip as usize), in(reg32) 0u32, options(nostack));
-    }
+    finish::<NB, 1>(&acc, y, ws, counters, m, n, sk, strip, lane);
 }
 
-macro_rules! gemm_kernels {
+macro_rules! gemm_warp_kernels {
     ($($name:ident = $nb:literal),*) => {$(
         #[no_mangle]
         pub unsafe extern "gpu-kernel" fn $name(
@@ -481,20 +774,42 @@ macro_rules! gemm_kernels {
             x: *const u16, y: *mut u16, ws: *mut f32, counters: *mut u32,
             m: u32, n: u32, k: u32, sk: u32, tps: u32,
         ) {
-            gemm::<$nb>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
+            gemm_warp::<$nb>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
         }
     )*};
 }
 
+macro_rules! gemm_kernels {
+    ($($name:ident = ($nb:literal, $rs:literal, $st:literal)),*) => {$(
+        #[no_mangle]
+        pub unsafe extern "gpu-kernel" fn $name(
+            records: *const u8, exc_off: *const u32, exc: *const u16, tab_lo: u32, tab_hi: u32,
+            x: *const u16, y: *mut u16, ws: *mut f32, counters: *mut u32,
+            m: u32, n: u32, k: u32, sk: u32, tps: u32,
+        ) {
+            gemm::<$nb, $rs, $st>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
+        }
+    )*};
+}
+
+// zs_gemm_r{RS}_nb{NB}: block-staged kernels with RS strips (16 rows each) per
+// warp and NB 8-column blocks; the last number is the depth of the
+// shared-memory ring. RS = 0 names the warp-independent kernel. The host's
+// `GEMM_VARIANTS` table must agree.
+gemm_warp_kernels!(zs_gemm_r0_nb1 = 1, zs_gemm_r0_nb2 = 2, zs_gemm_r0_nb4 = 4);
+// The same kernels built under a tighter register cap (more blocks a
+// multiprocessor, some spilling); the tuner picks per shape.
+gemm_warp_kernels!(
+    zs_gemm_r0_nb2_c80 = 2,
+    zs_gemm_r0_nb4_c80 = 4,
+    zs_gemm_r0_nb4_c96 = 4
+);
 gemm_kernels!(
-    zs_gemm_nb1 = 1,
-    zs_gemm_nb2 = 2,
-    zs_gemm_nb3 = 3,
-    zs_gemm_nb4 = 4,
-    zs_gemm_nb5 = 5,
-    zs_gemm_nb6 = 6,
-    zs_gemm_nb7 = 7,
-    zs_gemm_nb8 = 8,
-    zs_gemm_nb12 = 12,
-    zs_gemm_nb16 = 16
+    zs_gemm_r1_nb1 = (1, 1, 4),
+    zs_gemm_r1_nb2 = (2, 1, 4),
+    zs_gemm_r1_nb4 = (4, 1, 4),
+    zs_gemm_r1_nb8 = (8, 1, 3),
+    zs_gemm_r2_nb4 = (4, 2, 3),
+    zs_gemm_r2_nb8 = (8, 2, 3),
+    zs_gemm_r2_nb16 = (16, 2, 3)
 );

@@ -10,6 +10,40 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TOOLCHAIN: &str = "1.95.0";
+/// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
+/// enough blocks fit on a multiprocessor (256 threads a block: 80 registers
+/// give 3 blocks, 128 give 2).
+const MAXNREG: [(&str, u32); 5] = [
+    ("zs_gemm_r0_nb1", 80),
+    ("zs_gemm_r0_nb2_c80", 80),
+    ("zs_gemm_r0_nb4_c80", 80),
+    ("zs_gemm_r0_nb4_c96", 96),
+    ("zs_gemm_r1_nb8", 128),
+];
+
+/// Insert `.maxnreg` after the parameter list of each capped kernel.
+fn cap_registers(ptx: &str) -> Result<String> {
+    let mut out = ptx.to_string();
+    for (name, regs) in MAXNREG {
+        let head = format!(".entry {name}(\n");
+        let at = out
+            .find(&head)
+            .with_context(|| format!("kernel {name} not in the PTX"))?;
+        // The parameter list ends at the first line starting with ')'; the
+        // directive goes on the next line, before the body's '{'.
+        let close = out[at..]
+            .find("\n)")
+            .with_context(|| format!("no parameter list end for {name}"))?
+            + at;
+        let eol = out[close + 1..]
+            .find('\n')
+            .with_context(|| format!("truncated PTX at {name}"))?
+            + close
+            + 1;
+        out.insert_str(eol + 1, &format!(".maxnreg {regs}\n"));
+    }
+    Ok(out)
+}
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
 fn root() -> PathBuf {
@@ -107,11 +141,17 @@ fn build_ptx() -> Result<()> {
                 &format!("target-cpu={arch}"),
                 "-C",
                 "target-feature=+ptx80",
+                // Fully unroll the fixed-trip loops over fragments, so that
+                // accumulators stay in registers (no local memory).
+                "-C",
+                "llvm-args=-unroll-threshold=3000",
             ]);
         run(&mut c)?;
         let ptx = tdir.join("nvptx64-nvidia-cuda/release/zipserv_kernels.ptx");
         let dst = out_dir.join(format!("zipserv_kernels.{arch}.ptx"));
-        std::fs::copy(&ptx, &dst).with_context(|| format!("copying {}", ptx.display()))?;
+        let text =
+            std::fs::read_to_string(&ptx).with_context(|| format!("reading {}", ptx.display()))?;
+        std::fs::write(&dst, cap_registers(&text)?)?;
         let o = Command::new(&ptxas)
             .args([&format!("-arch={arch}"), "-v", "-o", "/dev/null"])
             .arg(&dst)

@@ -256,10 +256,20 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
         for &n in &ns {
             let x = uniform_bf16(n * k, 1.0, rng.next_u64());
             let xd = gpu.stream.clone_htod(&x).map_err(gpu_err)?;
-            let mut variants: Vec<(String, Option<Split>)> = vec![("dispatched".into(), None)];
+            let mut variants: Vec<(String, Option<Plan>)> = vec![("dispatched".into(), None)];
             if n <= FUSED_MAX_N {
-                variants.push(("fused sk=1".into(), Some(split_for((k / 64) as u32, 1))));
-                variants.push(("fused sk=3".into(), Some(split_for((k / 64) as u32, 3))));
+                let kt = (k / 64) as u32;
+                for rs in [0, 1, 2] {
+                    if let Some(v) = variant_for(rs, n) {
+                        for sk in [1, 3] {
+                            let p = Plan {
+                                variant: v,
+                                split: split_for(kt, sk),
+                            };
+                            variants.push((format!("fused {}", p.describe()), Some(p)));
+                        }
+                    }
+                }
             }
             for (vname, sp) in variants {
                 let y = gpu
@@ -389,7 +399,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             let cub = gpu.time_ms(10, runs, |i| {
                 gpu.cublas_gemm(gpu.ptr(&dense[i % dcopies]), xp, yp, m, n, k)
             })?;
-            let (fused, split) = if n <= FUSED_MAX_N {
+            let (fused, plan) = if n <= FUSED_MAX_N {
                 let sp = gpu.tune(&gm_refs, xp, yp, n)?;
                 (
                     Some(gpu.time_ms(10, runs, |i| {
@@ -412,7 +422,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                     fused_loses_from = n;
                 }
             }
-            per_n.push((n, cub, fused, dec, split));
+            per_n.push((n, cub, fused, dec, plan));
         }
         // Crossover measured on this card: fused up to the last N where it wins.
         lin.crossover = per_n
@@ -423,7 +433,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             .map(|(n, ..)| *n)
             .max()
             .unwrap_or(0);
-        for (n, cub, fused, dec, split) in per_n {
+        for (n, cub, fused, dec, plan) in per_n {
             let (zip, path) = if n <= lin.crossover {
                 (fused.unwrap(), "fused")
             } else {
@@ -441,14 +451,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 fused.map(|f| f * 1e3),
                 dec.map(|f| f * 1e3),
                 path,
-                split.map(|s| s.sk).unwrap_or(0),
+                plan.map(|p| p.describe()).unwrap_or_default(),
                 zip_tbps,
                 cub_tbps,
             ));
             println!(
                 "  n={n:>5}  zipserv {:>8.1} us ({path}{})  cublas {:>8.1} us  speedup {:.3}x  [{:.2} TB/s compressed, cublas {:.2} TB/s]",
                 zip * 1e3,
-                split.map(|s| format!(", sk={}", s.sk)).unwrap_or_default(),
+                plan.map(|p| format!(", {}", p.describe())).unwrap_or_default(),
                 cub * 1e3,
                 cub / zip,
                 zip_tbps,
@@ -484,7 +494,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let p = dir.join(format!("zipgemm-{}.csv", a.card));
         let mut f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
-        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,split_k,zipgemm_tbps,cublas_tbps,speedup").unwrap();
+        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,plan,zipgemm_tbps,cublas_tbps,speedup").unwrap();
         for r in &gemm_rows {
             let o = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
             writeln!(

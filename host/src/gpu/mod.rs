@@ -14,8 +14,34 @@ use std::sync::{Arc, Mutex};
 
 /// Warps per block of every kernel (`kernels-gpu/src/device.rs`).
 pub const WARPS: u32 = 8;
-/// The fused kernel variants: number of 8-column activation blocks.
-pub const GEMM_NB: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16];
+/// The fused kernel variants `(strips per warp, 8-column blocks, ring stages)`;
+/// 0 strips names the warp-independent kernel (one strip a warp, no staging);
+/// the suffix names a build of the same kernel under a register cap;
+/// must agree with `gemm_kernels!` in `kernels-gpu/src/device.rs`.
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str); 13] = [
+    (0, 1, 0, ""),
+    (0, 2, 0, ""),
+    (0, 2, 0, "_c80"),
+    (0, 4, 0, ""),
+    (0, 4, 0, "_c80"),
+    (0, 4, 0, "_c96"),
+    (1, 1, 4, ""),
+    (1, 2, 4, ""),
+    (1, 4, 4, ""),
+    (1, 8, 3, ""),
+    (2, 4, 3, ""),
+    (2, 8, 3, ""),
+    (2, 16, 3, ""),
+];
+/// Bytes of a tile record (`geometry::DT_RECORD_BYTES`).
+const RECORD: usize = zipserv_kernels::geometry::DT_RECORD_BYTES;
+
+/// Dynamic shared memory of a fused variant's block
+/// (`device::gemm_smem_bytes`): 8 exception scratches, then the stages.
+pub fn gemm_smem(rs: usize, nb: usize, stages: usize) -> usize {
+    WARPS as usize * 512 + stages * (nb * 1024 + WARPS as usize * rs * RECORD)
+}
+
 /// Largest N the fused kernel takes.
 pub const FUSED_MAX_N: usize = 128;
 
@@ -73,6 +99,23 @@ pub struct Split {
     pub tps: u32,
 }
 
+/// A fused launch plan: kernel variant (index into [`GEMM_VARIANTS`]) and split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Plan {
+    pub variant: usize,
+    pub split: Split,
+}
+
+impl Plan {
+    pub fn rs(&self) -> usize {
+        GEMM_VARIANTS[self.variant].0
+    }
+    pub fn describe(&self) -> String {
+        let (rs, nb, st, cap) = GEMM_VARIANTS[self.variant];
+        format!("r{rs}nb{nb}s{st}{cap} sk={}", self.split.sk)
+    }
+}
+
 struct Scratch {
     ws: Option<CudaSlice<f32>>,
     counters: Option<CudaSlice<u32>>,
@@ -87,10 +130,10 @@ pub struct Gpu {
     pub sms: u32,
     pub sm: u32,
     decompress_fn: CudaFunction,
-    gemm_fns: Vec<(usize, CudaFunction)>,
+    gemm_fns: Vec<CudaFunction>,
     blas: CudaBlas,
     scratch: Mutex<Scratch>,
-    tuned: Mutex<HashMap<(usize, usize, usize), Split>>,
+    tuned: Mutex<HashMap<(usize, usize, usize), Plan>>,
 }
 
 impl Gpu {
@@ -121,15 +164,16 @@ impl Gpu {
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(gpu_err)?;
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
-        let gemm_fns = GEMM_NB
+        let gemm_fns = GEMM_VARIANTS
             .iter()
-            .map(|&nb| {
-                Ok((
-                    nb,
-                    module
-                        .load_function(&format!("zs_gemm_nb{nb}"))
-                        .map_err(gpu_err)?,
-                ))
+            .map(|&(rs, nb, st, cap)| {
+                let f = module.load_function(&format!("zs_gemm_r{rs}_nb{nb}{cap}")).map_err(gpu_err)?;
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    gemm_smem(rs, nb, st) as i32,
+                )
+                .map_err(gpu_err)?;
+                Ok(f)
             })
             .collect::<Result<Vec<_>>>()?;
         let blas = CudaBlas::new(stream.clone()).map_err(gpu_err)?;
@@ -209,31 +253,41 @@ impl Gpu {
             b.launch(LaunchConfig {
                 grid_dim: (blocks, 1, 1),
                 block_dim: (WARPS * 32, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: WARPS * 512,
             })
         }
         .map_err(gpu_err)?;
         Ok(())
     }
 
-    /// A split for shape (m, k) aiming at about `warps_per_sm` resident warps.
-    pub fn default_split(&self, m: usize, k: usize) -> Split {
-        let strips = (m / 16) as u32;
+    /// A plan for shape (m, k, n) aiming at about 24 resident warps a
+    /// multiprocessor, one strip a warp.
+    pub fn default_plan(&self, m: usize, k: usize, n: usize) -> Plan {
         let kt = (k / 64) as u32;
-        let want = self.sms * 24;
-        let sk = want.div_ceil(strips).clamp(1, kt.div_ceil(4).max(1));
-        split_for(kt, sk)
+        let (rs, variant) = match (variant_for(0, n), variant_for(1, n)) {
+            (Some(v), _) => (1, v),
+            (None, Some(v)) => (1, v),
+            (None, None) => (2, variant_for(2, n).expect("n <= FUSED_MAX_N")),
+        };
+        let cta_groups = ((m / 16) as u32).div_ceil(WARPS * rs);
+        let sk = (self.sms * 3)
+            .div_ceil(cta_groups)
+            .clamp(1, kt.div_ceil(2).max(1));
+        Plan {
+            variant,
+            split: split_for(kt, sk),
+        }
     }
 
-    /// The split used for (m, k, n): tuned if [`Gpu::tune`] ran, else the default.
-    pub fn split(&self, m: usize, k: usize, n: usize) -> Split {
-        let nb = nb_for(n);
-        self.tuned
+    /// The plan used for (m, k, n): tuned if [`Gpu::tune`] ran, else the default.
+    pub fn plan(&self, m: usize, k: usize, n: usize) -> Plan {
+        let tuned = self
+            .tuned
             .lock()
             .unwrap()
-            .get(&(m, k, nb))
-            .copied()
-            .unwrap_or_else(|| self.default_split(m, k))
+            .get(&(m, k, n.div_ceil(8)))
+            .copied();
+        tuned.unwrap_or_else(|| self.default_plan(m, k, n))
     }
 
     fn ensure_scratch(
@@ -275,7 +329,7 @@ impl Gpu {
         x: u64,
         y: u64,
         n: usize,
-        split: Option<Split>,
+        plan: Option<Plan>,
     ) -> Result<()> {
         if n == 0 || n > FUSED_MAX_N {
             return Err(Error::invalid(format!(
@@ -283,18 +337,25 @@ impl Gpu {
             )));
         }
         let (m, k) = (w.rows, w.cols);
-        let sp = split.unwrap_or_else(|| self.split(m, k, n));
+        let plan = plan.unwrap_or_else(|| self.plan(m, k, n));
+        let sp = plan.split;
         let kt = (k / 64) as u32;
         if sp.sk == 0 || sp.tps == 0 || sp.tps.checked_mul(sp.sk).is_none_or(|c| c < kt) {
             return Err(Error::invalid(format!(
                 "split {sp:?} does not cover {kt} k tiles"
             )));
         }
-        let nb = nb_for(n);
-        let f = &self.gemm_fns.iter().find(|(b, _)| *b == nb).unwrap().1;
+        let (rs, nb, st, _) = GEMM_VARIANTS[plan.variant];
+        if nb * 8 < n || m % (16 * rs.max(1)) != 0 {
+            return Err(Error::invalid(format!(
+                "plan {} does not fit {m}x{k}, n = {n}",
+                plan.describe()
+            )));
+        }
+        let f = &self.gemm_fns[plan.variant];
         let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
-        let strips = (m / 16) as u32;
-        let blocks = (strips * sp.sk).div_ceil(WARPS);
+        let blocks = ((m / 16) as u32).div_ceil(WARPS * rs.max(1) as u32) * sp.sk;
+        let smem = gemm_smem(rs, nb, st) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
         let mut b = self.stream.launch_builder(f);
@@ -316,7 +377,7 @@ impl Gpu {
             b.launch(LaunchConfig {
                 grid_dim: (blocks, 1, 1),
                 block_dim: (WARPS * 32, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: smem,
             })
         }
         .map_err(gpu_err)?;
@@ -388,29 +449,55 @@ impl Gpu {
         Ok(t[t.len() / 2])
     }
 
-    /// Pick the fastest split for (matrix shape, n) by timing candidates on
-    /// `w`; the choice is used by [`Gpu::split`] from then on.
-    pub fn tune(&self, w: &[&GpuMatrix], x: u64, y: u64, n: usize) -> Result<Split> {
-        let (m, k) = (w[0].rows, w[0].cols);
+    /// Candidate plans for (m, k, n): both strip counts, several splits.
+    pub fn candidates(&self, m: usize, k: usize, n: usize) -> Vec<Plan> {
         let kt = (k / 64) as u32;
-        let strips = (m / 16) as u32;
-        let mut cands: Vec<Split> = Vec::new();
-        for warps_per_sm in [8u32, 16, 24, 32, 48, 64] {
-            let sk = (self.sms * warps_per_sm).div_ceil(strips).clamp(1, kt);
-            let s = split_for(kt, sk);
-            if !cands.contains(&s) {
-                cands.push(s);
+        let mut cands: Vec<Plan> = Vec::new();
+        // ZS_FORCE_RS / ZS_FORCE_BPS restrict the candidates (for profiling).
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+        let (force_rs, force_bps) = (env("ZS_FORCE_RS"), env("ZS_FORCE_BPS"));
+        for rs in [0usize, 1, 2] {
+            if force_rs.is_some_and(|f| f as usize != rs) {
+                continue;
+            }
+            for variant in variants_for(rs, n) {
+                let cta_groups = ((m / 16) as u32).div_ceil(WARPS * rs.max(1) as u32);
+                for blocks_per_sm in [1u32, 2, 3, 4, 6, 8] {
+                    if force_bps.is_some_and(|f| f != blocks_per_sm) {
+                        continue;
+                    }
+                    let sk = (self.sms * blocks_per_sm).div_ceil(cta_groups).clamp(1, kt);
+                    let p = Plan {
+                        variant,
+                        split: split_for(kt, sk),
+                    };
+                    if !cands.contains(&p) {
+                        cands.push(p);
+                    }
+                }
             }
         }
-        let mut best = (f64::MAX, cands[0]);
-        for s in cands {
-            let t = self.time_ms(3, 15, |i| self.gemm_fused(w[i % w.len()], x, y, n, Some(s)))?;
-            if t < best.0 {
-                best = (t, s);
+        cands
+    }
+
+    /// Pick the fastest plan for (matrix shape, n) by timing the candidates on
+    /// `w` (rotating over its copies); the choice is used by [`Gpu::plan`]
+    /// from then on.
+    pub fn tune(&self, w: &[&GpuMatrix], x: u64, y: u64, n: usize) -> Result<Plan> {
+        let (m, k) = (w[0].rows, w[0].cols);
+        let mut best: Option<(f64, Plan)> = None;
+        for p in self.candidates(m, k, n) {
+            let t = self.time_ms(3, 25, |i| self.gemm_fused(w[i % w.len()], x, y, n, Some(p)))?;
+            if best.is_none_or(|b| t < b.0) {
+                best = Some((t, p));
             }
         }
-        self.tuned.lock().unwrap().insert((m, k, nb_for(n)), best.1);
-        Ok(best.1)
+        let best = best.unwrap().1;
+        self.tuned
+            .lock()
+            .unwrap()
+            .insert((m, k, n.div_ceil(8)), best);
+        Ok(best)
     }
 }
 
@@ -423,10 +510,28 @@ pub fn split_for(kt: u32, sk: u32) -> Split {
     }
 }
 
-/// Kernel variant (8-column blocks) for `n` activation rows.
-pub fn nb_for(n: usize) -> usize {
+/// The smallest variant with `rs` strips a warp that covers `n` activation rows.
+pub fn variant_for(rs: usize, n: usize) -> Option<usize> {
     let need = n.div_ceil(8);
-    *GEMM_NB.iter().find(|&&b| b >= need).unwrap_or(&16)
+    GEMM_VARIANTS
+        .iter()
+        .position(|&(r, b, _, _)| r == rs && b >= need)
+}
+
+/// Every variant with `rs` strips a warp and the fewest column blocks covering `n`.
+pub fn variants_for(rs: usize, n: usize) -> Vec<usize> {
+    let need = n.div_ceil(8);
+    let Some(nb) = GEMM_VARIANTS
+        .iter()
+        .filter(|v| v.0 == rs && v.1 >= need)
+        .map(|v| v.1)
+        .min()
+    else {
+        return Vec::new();
+    };
+    (0..GEMM_VARIANTS.len())
+        .filter(|&i| GEMM_VARIANTS[i].0 == rs && GEMM_VARIANTS[i].1 == nb)
+        .collect()
 }
 
 /// A linear layer over a compressed weight: fused ZipGEMM up to `crossover`
