@@ -4,6 +4,23 @@ use crate::format::CompressedMatrix;
 use rayon::prelude::*;
 use zipserv_kernels::geometry::{v1_ft_origin, FTS_PER_BT};
 
+/// `SPREAD[b]` has bit 0 of byte `j` set iff bit `j` of `b` is set.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if (b >> j) & 1 == 1 {
+                t[b] |= 1 << (8 * j);
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Decode into a caller buffer of `rows * cols` BF16 bit patterns.
 /// The matrix must have passed [`CompressedMatrix::validate`] (checked here).
 pub fn decode_into(m: &CompressedMatrix, out: &mut [u16]) -> Result<()> {
@@ -30,41 +47,38 @@ pub fn decode_into(m: &CompressedMatrix, out: &mut [u16]) -> Result<()> {
                     let (w1, w2, w3) = (m.bitmap1[f], m.bitmap2[f], m.bitmap3[f]);
                     let ind = w1 | w2 | w3;
                     let r0 = r0 - br * 64;
-                    if ind == u64::MAX {
-                        // Fast path: all 64 elements in the window.
-                        let s = &sm[hi..hi + 64];
-                        for r in 0..8 {
-                            let dst = &mut rows[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + 8];
-                            for c in 0..8 {
-                                let p = 8 * r + c;
-                                let code = ((w1 >> p) & 1)
-                                    | (((w2 >> p) & 1) << 1)
-                                    | (((w3 >> p) & 1) << 2);
-                                let b = s[p] as u16;
-                                dst[c] =
-                                    ((b & 0x80) << 8) | ((base + code as u16) << 7) | (b & 0x7f);
-                            }
-                        }
-                        hi += 64;
-                        continue;
-                    }
+                    let (mut h, mut f) = (hi, fi);
                     for r in 0..8 {
-                        let dst = &mut rows[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + 8];
+                        let sh = 8 * r;
+                        let codes = SPREAD[((w1 >> sh) & 0xff) as usize]
+                            | (SPREAD[((w2 >> sh) & 0xff) as usize] << 1)
+                            | (SPREAD[((w3 >> sh) & 0xff) as usize] << 2);
+                        let dst: &mut [u16; 8] = (&mut rows
+                            [(r0 + r) * cols + c0..(r0 + r) * cols + c0 + 8])
+                            .try_into()
+                            .unwrap();
+                        if (ind >> sh) & 0xff == 0xff {
+                            // The common case: all 8 in the window.
+                            let smb = u64::from_le_bytes(sm[h..h + 8].try_into().unwrap());
+                            crate::simd::decode_row_hf(codes, smb, m.base_exp, dst);
+                            h += 8;
+                            continue;
+                        }
                         for (c, d) in dst.iter_mut().enumerate() {
-                            let p = 8 * r + c;
-                            if (ind >> p) & 1 != 0 {
-                                let code = ((w1 >> p) & 1)
-                                    | (((w2 >> p) & 1) << 1)
-                                    | (((w3 >> p) & 1) << 2);
-                                let b = sm[hi] as u16;
-                                *d = ((b & 0x80) << 8) | ((base + code as u16) << 7) | (b & 0x7f);
-                                hi += 1;
+                            let code = ((codes >> (8 * c)) & 0xff) as u16;
+                            // Mostly in the window: a well-predicted branch.
+                            if code != 0 {
+                                let b = sm[h] as u16;
+                                *d = ((b & 0x80) << 8) | ((base + code) << 7) | (b & 0x7f);
+                                h += 1;
                             } else {
-                                *d = fb[fi];
-                                fi += 1;
+                                *d = fb[f];
+                                f += 1;
                             }
                         }
                     }
+                    hi = h;
+                    fi = f;
                 }
             }
         });

@@ -7,10 +7,10 @@ use crate::window::{choose_base, exponent_histogram};
 use rayon::prelude::*;
 use zipserv_kernels::geometry::{v1_ft_origin, FTS_PER_BT, FTS_PER_WT, FT_ELEMS, WTS_PER_BT};
 
+/// Bit `j` of the result = bit 0 of byte `j` of `x` (the other bits of `x` are ignored).
 #[inline(always)]
-fn in_window(x: u16, base: u8) -> bool {
-    let e = ((x >> 7) & 0xff) as u8;
-    e.wrapping_sub(base).wrapping_sub(1) < 7
+pub(crate) fn pack_lsb(x: u64) -> u64 {
+    ((x & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080)) >> 56
 }
 
 /// Encode a row-major `rows x cols` BF16 matrix given as raw bit patterns.
@@ -35,8 +35,14 @@ pub fn encode(bits: &[u16], rows: usize, cols: usize) -> Result<CompressedMatrix
             let mut c = vec![0u32; kb];
             for r in 0..64 {
                 let row = &bits[(br * 64 + r) * cols..(br * 64 + r + 1) * cols];
+                let lo = base as u16 + 1;
                 for (bc, chunk) in row.chunks_exact(64).enumerate() {
-                    c[bc] += chunk.iter().filter(|&&x| in_window(x, base)).count() as u32;
+                    // u16 lanes throughout, so that this vectorises.
+                    let n: u16 = chunk
+                        .iter()
+                        .map(|&x| ((((x >> 7) & 0xff).wrapping_sub(lo) & 0xff) < 7) as u16)
+                        .sum();
+                    c[bc] += n as u32;
                 }
             }
             c
@@ -121,24 +127,36 @@ pub fn encode(bits: &[u16], rows: usize, cols: usize) -> Result<CompressedMatrix
                 }
                 let (r0, c0) = v1_ft_origin(bt * FTS_PER_BT + ftl, cols);
                 let (mut w1, mut w2, mut w3) = (0u64, 0u64, 0u64);
+                // Branch-free compaction into small local runs, copied out once.
+                let mut tsm = [0u8; 64];
+                let mut tfb = [0u16; 64];
+                let (mut nh, mut nf) = (0usize, 0usize);
                 for r in 0..8 {
-                    let row = &bits[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + 8];
-                    for (c, &x) in row.iter().enumerate() {
-                        let pos = 8 * r + c;
-                        let e = ((x >> 7) & 0xff) as u8;
-                        let code = e.wrapping_sub(base);
-                        if code.wrapping_sub(1) < 7 {
-                            w1 |= ((code & 1) as u64) << pos;
-                            w2 |= (((code >> 1) & 1) as u64) << pos;
-                            w3 |= (((code >> 2) & 1) as u64) << pos;
-                            p.sm[hi] = (((x >> 8) & 0x80) | (x & 0x7f)) as u8;
-                            hi += 1;
-                        } else {
-                            p.fb[fi] = x;
-                            fi += 1;
+                    let row: &[u16; 8] = bits[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + 8]
+                        .try_into()
+                        .unwrap();
+                    let (codes, mask, smb) = crate::simd::encode_row(row, base);
+                    if mask == 0xff {
+                        // The common case: all 8 in the window.
+                        tsm[nh..nh + 8].copy_from_slice(&smb.to_le_bytes());
+                        nh += 8;
+                    } else {
+                        for (c, &x) in row.iter().enumerate() {
+                            let hf = (mask >> c) & 1 != 0;
+                            tsm[nh & 63] = (smb >> (8 * c)) as u8;
+                            tfb[nf & 63] = x;
+                            nh += hf as usize;
+                            nf += (!hf) as usize;
                         }
                     }
+                    w1 |= pack_lsb(codes) << (8 * r);
+                    w2 |= pack_lsb(codes >> 1) << (8 * r);
+                    w3 |= pack_lsb(codes >> 2) << (8 * r);
                 }
+                p.sm[hi..hi + nh].copy_from_slice(&tsm[..nh]);
+                p.fb[fi..fi + nf].copy_from_slice(&tfb[..nf]);
+                hi += nh;
+                fi += nf;
                 let fl = bc * FTS_PER_BT + ftl;
                 p.b1[fl] = w1;
                 p.b2[fl] = w2;

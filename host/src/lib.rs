@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod gpu;
 pub mod ops;
+pub mod simd;
 pub mod synth;
 pub mod window;
 

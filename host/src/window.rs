@@ -5,11 +5,24 @@ use rayon::prelude::*;
 pub fn exponent_histogram(bits: &[u16]) -> [u64; 256] {
     bits.par_chunks(1 << 16)
         .map(|chunk| {
-            let mut h = [0u64; 256];
-            for &x in chunk {
-                h[((x >> 7) & 0xff) as usize] += 1;
+            // Four interleaved sub-histograms: no store-to-load dependency
+            // between neighbouring elements with the same exponent.
+            let mut h = [[0u32; 256]; 4];
+            let mut it = chunk.chunks_exact(4);
+            for q in &mut it {
+                h[0][((q[0] >> 7) & 0xff) as usize] += 1;
+                h[1][((q[1] >> 7) & 0xff) as usize] += 1;
+                h[2][((q[2] >> 7) & 0xff) as usize] += 1;
+                h[3][((q[3] >> 7) & 0xff) as usize] += 1;
             }
-            h
+            for &x in it.remainder() {
+                h[0][((x >> 7) & 0xff) as usize] += 1;
+            }
+            let mut out = [0u64; 256];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = h.iter().map(|s| s[i] as u64).sum();
+            }
+            out
         })
         .reduce(
             || [0u64; 256],

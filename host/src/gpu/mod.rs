@@ -453,20 +453,35 @@ impl Gpu {
     pub fn candidates(&self, m: usize, k: usize, n: usize) -> Vec<Plan> {
         let kt = (k / 64) as u32;
         let mut cands: Vec<Plan> = Vec::new();
-        // ZS_FORCE_RS / ZS_FORCE_BPS restrict the candidates (for profiling).
+        // ZS_FORCE_RS / ZS_FORCE_SK restrict the candidates (for profiling).
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
-        let (force_rs, force_bps) = (env("ZS_FORCE_RS"), env("ZS_FORCE_BPS"));
+        let (force_rs, force_sk) = (env("ZS_FORCE_RS"), env("ZS_FORCE_SK"));
         for rs in [0usize, 1, 2] {
             if force_rs.is_some_and(|f| f as usize != rs) {
                 continue;
             }
             for variant in variants_for(rs, n) {
                 let cta_groups = ((m / 16) as u32).div_ceil(WARPS * rs.max(1) as u32);
-                for blocks_per_sm in [1u32, 2, 3, 4, 6, 8] {
-                    if force_bps.is_some_and(|f| f != blocks_per_sm) {
+                // Splits that fill whole waves of resident blocks, and a few
+                // that overshoot them.
+                let (_, nb, st, _) = GEMM_VARIANTS[variant];
+                let per_sm = self.gemm_fns[variant]
+                    .occupancy_max_active_blocks_per_multiprocessor(
+                        WARPS * 32,
+                        gemm_smem(rs, nb, st),
+                        None,
+                    )
+                    .unwrap_or(1)
+                    .max(1);
+                let slots = per_sm * self.sms;
+                let mut sks: Vec<u32> = (1..=3).map(|w| (w * slots) / cta_groups).collect();
+                sks.extend([1, 2, 4].map(|b| (self.sms * b).div_ceil(cta_groups)));
+                sks.push(1);
+                for sk in sks {
+                    let sk = sk.clamp(1, kt);
+                    if force_sk.is_some_and(|f| f != sk) {
                         continue;
                     }
-                    let sk = (self.sms * blocks_per_sm).div_ceil(cta_groups).clamp(1, kt);
                     let p = Plan {
                         variant,
                         split: split_for(kt, sk),
