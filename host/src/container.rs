@@ -47,6 +47,9 @@ pub struct TensorMeta {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct KeptMeta {
     pub reason: String,
+    /// `xxh3-64` of the tensor's bytes.
+    #[serde(default)]
+    pub checksum: Option<String>,
 }
 
 /// The JSON in `__metadata__["zipserv"]`.
@@ -386,6 +389,26 @@ pub fn decode_checked(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Re
         )));
     }
     Ok(bits)
+}
+
+/// The bytes of kept tensor `name`, checked against its recorded checksum.
+pub fn kept_checked<'a>(
+    st: &'a SafeTensors<'_>,
+    name: &str,
+    meta: &KeptMeta,
+) -> Result<safetensors::tensor::TensorView<'a>> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| Error::invalid(format!("tensor {name} is missing")))?;
+    if let Some(want) = &meta.checksum {
+        let got = checksum(t.data());
+        if &got != want {
+            return Err(Error::Mismatch(format!(
+                "tensor {name}: checksum {got} differs from the recorded {want}"
+            )));
+        }
+    }
+    Ok(t)
 }
 
 /// The safetensors files of a path: the file itself, or the `*.safetensors`

@@ -201,7 +201,13 @@ pub fn compress_file(
             Some(reason) => {
                 w.add(name, t.dtype(), t.shape().to_vec(), bytes)?;
                 sum.kept.push((name.clone(), reason.clone()));
-                meta.kept.insert(name.clone(), KeptMeta { reason });
+                meta.kept.insert(
+                    name.clone(),
+                    KeptMeta {
+                        reason,
+                        checksum: Some(checksum(bytes)),
+                    },
+                );
                 written.push(name.clone());
             }
             None => {
@@ -304,10 +310,8 @@ pub fn decompress_file(
                 bytemuck::cast_slice(&bits),
             )?;
             progress.advance(bits.len() as u64 * 2, name);
-        } else if meta.kept.contains_key(name) {
-            let t = st.tensor(name).map_err(|_| {
-                Error::invalid(format!("{}: tensor {name} is missing", input.display()))
-            })?;
+        } else if let Some(km) = meta.kept.get(name) {
+            let t = kept_checked(&st, name, km).map_err(|e| prefix(input, e))?;
             w.add(name, t.dtype(), t.shape().to_vec(), t.data())?;
             progress.advance(t.data().len() as u64, name);
         } else {
@@ -493,11 +497,14 @@ pub fn verify(
                         Dtype::BF16,
                         tm.shape.clone(),
                     )
-                } else {
-                    let t = st.tensor(name).map_err(|_| {
-                        Error::invalid(format!("{}: tensor {name} is missing", f.display()))
-                    })?;
+                } else if let Some(km) = meta.kept.get(name) {
+                    let t = kept_checked(&st, name, km).map_err(|e| prefix(f, e))?;
                     (t.data().to_vec(), t.dtype(), t.shape().to_vec())
+                } else {
+                    return Err(Error::invalid(format!(
+                        "{}: tensor {name} is listed but not described",
+                        f.display()
+                    )));
                 };
             progress.advance(bytes.len() as u64, name);
             if against.is_some() {

@@ -157,11 +157,13 @@ unsafe fn lds_v4(addr: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
-/// XOR `delta` into the byte at shared address `addr`.
+/// XOR `delta` into the byte at shared address `addr`, atomically on its
+/// 32-bit word: race-free even where a (corrupt) list names a byte twice.
 #[inline(always)]
 unsafe fn xor_shared_u8(addr: u32, delta: u32) {
-    asm!("{{ .reg .b16 t; .reg .b16 d; cvt.u16.u32 d, {1}; ld.shared.u8 t, [{0}]; xor.b16 t, t, d; st.shared.u8 [{0}], t; }}",
-        in(reg32) addr, in(reg32) delta, options(nostack));
+    let word = addr & !3;
+    let v = (delta & 0xff) << ((addr & 3) * 8);
+    asm!("red.shared.xor.b32 [{0}], {1};", in(reg32) word, in(reg32) v, options(nostack));
 }
 
 #[inline(always)]

@@ -228,6 +228,47 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
         out.check(ok, &format!("gpu decompress bit-exact: {name}"));
     }
 
+    // --- Corrupted but plausible device data: any record bytes and exception
+    // entries pass validation, so the kernels must stay in bounds on them
+    // (run under compute-sanitizer memcheck by scripts/gpu-run.sh). ---
+    {
+        let (r, c) = (128usize, 256usize);
+        let mut d = crate::device_layout::build(&random_bits(r * c, s + 9), r, c)?;
+        let mut rng = Rng::new(s + 10);
+        for b in d.records.iter_mut() {
+            *b = rng.next_u64() as u8;
+        }
+        for e in d.exc.iter_mut() {
+            *e = rng.next_u64() as u16;
+        }
+        d.validate()?;
+        let gm = gpu.upload(&d)?;
+        let buf = gpu.stream.alloc_zeros::<u16>(r * c).map_err(gpu_err)?;
+        gpu.decompress(&gm, &buf)?;
+        let x = gpu
+            .stream
+            .clone_htod(&uniform_bf16(32 * c, 1.0, s + 11))
+            .map_err(gpu_err)?;
+        let y = gpu.stream.alloc_zeros::<u16>(32 * r).map_err(gpu_err)?;
+        let mut ok = true;
+        for rs in [0, 1, 2] {
+            if let Some(v) = variant_for(rs, 32) {
+                let p = Plan {
+                    variant: v,
+                    split: split_for((c / 64) as u32, 2),
+                };
+                ok &= gpu
+                    .gemm_fused(&gm, gpu.ptr(&x), gpu.ptr(&y), 32, Some(p))
+                    .is_ok();
+            }
+        }
+        ok &= gpu.sync().is_ok();
+        out.check(
+            ok,
+            "corrupted device data: decompress and every GEMM family run to completion",
+        );
+    }
+
     // --- ZipGEMM and the dispatched path against an FP64 reference. ---
     let shapes: Vec<(usize, usize)> = if a.tiny {
         vec![(64, 64), (256, 512)]
