@@ -663,9 +663,11 @@ unsafe fn finish<const NB: usize, const RS: usize>(
 /// 16-row strip over its range of k tiles with no block barrier; tile records
 /// come through registers two tiles ahead, activation fragments straight from
 /// global memory (L1-cached: the block's 8 warps read the same k tiles) one
-/// half ahead.
+/// half ahead. `D` (1 or 2) is how many tiles ahead records are loaded:
+/// fewer registers with 1, more bytes in flight with 2. `PB`: load the next
+/// half's activation fragments before decoding this one (else just in time).
 #[inline(always)]
-unsafe fn gemm_warp<const NB: usize>(
+unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(
     records: *const u8,
     exc_off: *const u32,
     exc: *const u16,
@@ -711,16 +713,20 @@ unsafe fn gemm_warp<const NB: usize>(
         let mut nxt = cur;
         let mut nbd = cb;
         if t0 + 1 < t1 {
-            nxt = load_tile(records, tile0 + t0 + 1, lane);
+            if D == 2 {
+                nxt = load_tile(records, tile0 + t0 + 1, lane);
+            }
             nbd = load_exc_bounds(exc_off, tile0 + t0 + 1);
         }
         let mut ce = load_exc_first(exc, cb, lane);
-        let mut bnext = act(t0, 0);
+        let mut bnext = if PB { act(t0, 0) } else { [[0u32; 4]; NB] };
         let mut t = t0;
         loop {
             let (mut far, mut farb) = (nxt, nbd);
+            if (t + D as u32) < t1 {
+                far = load_tile(records, tile0 + t + D as u32, lane);
+            }
             if t + 2 < t1 {
-                far = load_tile(records, tile0 + t + 2, lane);
                 farb = load_exc_bounds(exc_off, tile0 + t + 2);
             }
             let ne = if t + 1 < t1 {
@@ -729,11 +735,13 @@ unsafe fn gemm_warp<const NB: usize>(
                 [0, 0]
             };
             for half in 0..2usize {
-                let bx = bnext;
-                if half == 0 {
-                    bnext = act(t, 1);
-                } else if t + 1 < t1 {
-                    bnext = act(t + 1, 0);
+                let bx = if PB { bnext } else { act(t, half as u32) };
+                if PB {
+                    if half == 0 {
+                        bnext = act(t, 1);
+                    } else if t + 1 < t1 {
+                        bnext = act(t + 1, 0);
+                    }
                 }
                 let h = high_bytes(
                     &cur,
@@ -758,7 +766,7 @@ unsafe fn gemm_warp<const NB: usize>(
             if t >= t1 {
                 break;
             }
-            cur = nxt;
+            cur = if D == 2 { nxt } else { far };
             cb = nbd;
             ce = ne;
             nxt = far;
@@ -769,14 +777,14 @@ unsafe fn gemm_warp<const NB: usize>(
 }
 
 macro_rules! gemm_warp_kernels {
-    ($($name:ident = $nb:literal),*) => {$(
+    ($($name:ident = ($nb:literal, $d:literal, $pb:literal)),*) => {$(
         #[no_mangle]
         pub unsafe extern "gpu-kernel" fn $name(
             records: *const u8, exc_off: *const u32, exc: *const u16, tab_lo: u32, tab_hi: u32,
             x: *const u16, y: *mut u16, ws: *mut f32, counters: *mut u32,
             m: u32, n: u32, k: u32, sk: u32, tps: u32,
         ) {
-            gemm_warp::<$nb>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
+            gemm_warp::<$nb, $d, $pb>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
         }
     )*};
 }
@@ -798,13 +806,25 @@ macro_rules! gemm_kernels {
 // warp and NB 8-column blocks; the last number is the depth of the
 // shared-memory ring. RS = 0 names the warp-independent kernel. The host's
 // `GEMM_VARIANTS` table must agree.
-gemm_warp_kernels!(zs_gemm_r0_nb1 = 1, zs_gemm_r0_nb2 = 2, zs_gemm_r0_nb4 = 4);
-// The same kernels built under a tighter register cap (more blocks a
-// multiprocessor, some spilling); the tuner picks per shape.
 gemm_warp_kernels!(
-    zs_gemm_r0_nb2_c80 = 2,
-    zs_gemm_r0_nb4_c80 = 4,
-    zs_gemm_r0_nb4_c96 = 4
+    zs_gemm_r0_nb1 = (1, 2, true),
+    zs_gemm_r0_nb2 = (2, 2, true),
+    zs_gemm_r0_nb4 = (4, 2, true)
+);
+// Records one tile ahead only (fewer registers, more blocks a multiprocessor);
+// the tuner picks per shape.
+gemm_warp_kernels!(
+    zs_gemm_r0_nb1_d1 = (1, 1, true),
+    zs_gemm_r0_nb2_d1 = (2, 1, true),
+    zs_gemm_r0_nb4_d1 = (4, 1, true)
+);
+// And under tighter register caps (xtask's MAXNREG): 4 and 3 blocks a
+// multiprocessor; `j` builds load activations just in time.
+gemm_warp_kernels!(
+    zs_gemm_r0_nb1_d1c64 = (1, 1, true),
+    zs_gemm_r0_nb2_d1c64 = (2, 1, true),
+    zs_gemm_r0_nb4_d1j = (4, 1, false),
+    zs_gemm_r0_nb4_d1jc80 = (4, 1, false)
 );
 gemm_kernels!(
     zs_gemm_r1_nb1 = (1, 1, 4),

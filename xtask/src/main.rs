@@ -11,13 +11,14 @@ use std::process::Command;
 
 const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
-/// enough blocks fit on a multiprocessor (256 threads a block: 80 registers
-/// give 3 blocks, 128 give 2).
-const MAXNREG: [(&str, u32); 5] = [
+/// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
+/// give 4 blocks, 80 give 3, 128 give 2).
+const MAXNREG: [(&str, u32); 6] = [
     ("zs_gemm_r0_nb1", 80),
-    ("zs_gemm_r0_nb2_c80", 80),
-    ("zs_gemm_r0_nb4_c80", 80),
-    ("zs_gemm_r0_nb4_c96", 96),
+    ("zs_gemm_r0_nb2_d1", 80),
+    ("zs_gemm_r0_nb1_d1c64", 64),
+    ("zs_gemm_r0_nb2_d1c64", 64),
+    ("zs_gemm_r0_nb4_d1jc80", 80),
     ("zs_gemm_r1_nb8", 128),
 ];
 

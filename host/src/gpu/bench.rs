@@ -301,7 +301,7 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
             if n <= FUSED_MAX_N {
                 let kt = (k / 64) as u32;
                 for rs in [0, 1, 2] {
-                    if let Some(v) = variant_for(rs, n) {
+                    for v in variants_for(rs, n) {
                         for sk in [1, 3] {
                             let p = Plan {
                                 variant: v,

@@ -16,15 +16,20 @@ use std::sync::{Arc, Mutex};
 pub const WARPS: u32 = 8;
 /// The fused kernel variants `(strips per warp, 8-column blocks, ring stages)`;
 /// 0 strips names the warp-independent kernel (one strip a warp, no staging);
-/// the suffix names a build of the same kernel under a register cap;
+/// a `_d1` suffix names the build that loads records one tile ahead, not two,
+/// `j` one that loads activations just in time, `cNN` a register cap of NN;
 /// must agree with `gemm_kernels!` in `kernels-gpu/src/device.rs`.
-pub const GEMM_VARIANTS: [(usize, usize, usize, &str); 13] = [
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str); 17] = [
     (0, 1, 0, ""),
+    (0, 1, 0, "_d1"),
+    (0, 1, 0, "_d1c64"),
     (0, 2, 0, ""),
-    (0, 2, 0, "_c80"),
+    (0, 2, 0, "_d1"),
+    (0, 2, 0, "_d1c64"),
     (0, 4, 0, ""),
-    (0, 4, 0, "_c80"),
-    (0, 4, 0, "_c96"),
+    (0, 4, 0, "_d1"),
+    (0, 4, 0, "_d1j"),
+    (0, 4, 0, "_d1jc80"),
     (1, 1, 4, ""),
     (1, 2, 4, ""),
     (1, 4, 4, ""),
