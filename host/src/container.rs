@@ -86,9 +86,13 @@ pub fn unfit_reason(dtype: Dtype, shape: &[usize]) -> Option<String> {
         .map(|_| format!("shape {}x{} is not a multiple of 64", shape[0], shape[1]))
 }
 
-/// Little-endian bytes to `u16` values (copying; works for any alignment).
-pub fn bf16_bits(bytes: &[u8]) -> Vec<u16> {
-    bytemuck::pod_collect_to_vec(bytes)
+/// Little-endian bytes as `u16` values: borrowed when aligned (the usual case
+/// for a memory-mapped safetensors file), copied otherwise.
+pub fn bf16_bits(bytes: &[u8]) -> std::borrow::Cow<'_, [u16]> {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(v) => std::borrow::Cow::Borrowed(v),
+        Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+    }
 }
 
 fn dtype_name(d: Dtype) -> &'static str {
@@ -171,34 +175,53 @@ impl MappedFile {
     }
 }
 
-/// Writes a safetensors file: tensor data streamed to a scratch file, the header
-/// written once all sizes are known, the result renamed into place at the end.
+/// Writes a safetensors file: tensor data streams into a temporary file beside
+/// the destination, after room reserved for the header; the header, padded
+/// with spaces (valid JSON whitespace) to fill that room, is written once all
+/// sizes are known, and the file is renamed into place at the end. A header
+/// larger than the reserve falls back to copying the data behind it.
 pub struct StreamingWriter {
     dest: PathBuf,
-    scratch: tempfile::NamedTempFile,
+    file: tempfile::NamedTempFile,
     data: BufWriter<File>,
+    reserve: u64,
     entries: Vec<(String, &'static str, Vec<usize>, u64, u64)>,
     pos: u64,
 }
 
+/// Header room for a file of `names` tensors: generous, since unused room
+/// costs only spaces.
+pub fn header_reserve<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
+    8192 + names
+        .into_iter()
+        .map(|n| 12 * n.len() as u64 + 1600)
+        .sum::<u64>()
+}
+
 impl StreamingWriter {
+    /// A writer with a default 64 KiB header reserve.
     pub fn new(dest: &Path) -> Result<Self> {
+        Self::with_reserve(dest, 64 << 10)
+    }
+
+    pub fn with_reserve(dest: &Path, reserve: u64) -> Result<Self> {
         let dir = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let scratch = tempfile::Builder::new()
-            .prefix(".zipserv-data-")
+        let file = tempfile::Builder::new()
+            .prefix(".zipserv-out-")
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, e))?;
-        let data = BufWriter::with_capacity(
-            1 << 22,
-            scratch.reopen().map_err(|e| Error::io(scratch.path(), e))?,
-        );
+        let reserve = reserve.div_ceil(8) * 8;
+        let mut f = file.reopen().map_err(|e| Error::io(file.path(), e))?;
+        f.seek(SeekFrom::Start(reserve))
+            .map_err(|e| Error::io(file.path(), e))?;
         Ok(StreamingWriter {
             dest: dest.to_path_buf(),
-            scratch,
-            data,
+            data: BufWriter::with_capacity(1 << 22, f),
+            file,
+            reserve,
             entries: Vec::new(),
             pos: 0,
         })
@@ -207,7 +230,7 @@ impl StreamingWriter {
     pub fn add(&mut self, name: &str, dtype: Dtype, shape: Vec<usize>, bytes: &[u8]) -> Result<()> {
         self.data
             .write_all(bytes)
-            .map_err(|e| Error::io(self.scratch.path(), e))?;
+            .map_err(|e| Error::io(self.file.path(), e))?;
         let end = self.pos + bytes.len() as u64;
         self.entries
             .push((name.to_string(), dtype_name(dtype), shape, self.pos, end));
@@ -264,12 +287,10 @@ impl StreamingWriter {
         Ok(())
     }
 
-    /// Write header and data to a temporary file beside `dest`, then rename it
-    /// into place. Returns the file size.
+    /// Write the header, then rename the file into place. Returns its size.
     pub fn finish(mut self, metadata: BTreeMap<String, String>) -> Result<u64> {
-        self.data
-            .flush()
-            .map_err(|e| Error::io(self.scratch.path(), e))?;
+        let path = self.file.path().to_path_buf();
+        self.data.flush().map_err(|e| Error::io(&path, e))?;
         drop(self.data);
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
@@ -285,39 +306,54 @@ impl StreamingWriter {
             );
         }
         let mut hjson = serde_json::to_vec(&header).unwrap();
-        while (8 + hjson.len()) % 8 != 0 {
-            hjson.push(b' ');
-        }
-        let dir = self
-            .dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let out = tempfile::Builder::new()
-            .prefix(".zipserv-out-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
-        {
-            let mut w = BufWriter::with_capacity(1 << 22, out.as_file());
-            w.write_all(&(hjson.len() as u64).to_le_bytes())
+        let total;
+        if 8 + hjson.len() as u64 <= self.reserve {
+            hjson.resize(self.reserve as usize - 8, b' ');
+            let mut f = self.file.as_file();
+            f.seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io(&path, e))?;
+            f.write_all(&(hjson.len() as u64).to_le_bytes())
+                .map_err(|e| Error::io(&path, e))?;
+            f.write_all(&hjson).map_err(|e| Error::io(&path, e))?;
+            total = self.reserve + self.pos;
+            f.sync_all().map_err(|e| Error::io(&path, e))?;
+            self.file
+                .persist(&self.dest)
+                .map_err(|e| Error::io(&self.dest, e.error))?;
+        } else {
+            // The header outgrew its room: copy the data behind a fitted header.
+            while (8 + hjson.len()) % 8 != 0 {
+                hjson.push(b' ');
+            }
+            let dir = self
+                .dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let out = tempfile::Builder::new()
+                .prefix(".zipserv-out-")
+                .tempfile_in(dir)
+                .map_err(|e| Error::io(dir, e))?;
+            {
+                let mut w = BufWriter::with_capacity(1 << 22, out.as_file());
+                w.write_all(&(hjson.len() as u64).to_le_bytes())
+                    .map_err(|e| Error::io(out.path(), e))?;
+                w.write_all(&hjson).map_err(|e| Error::io(out.path(), e))?;
+                let mut src = self.file.reopen().map_err(|e| Error::io(&path, e))?;
+                src.seek(SeekFrom::Start(self.reserve))
+                    .map_err(|e| Error::io(&path, e))?;
+                std::io::copy(&mut (&mut src).take(self.pos), &mut w)
+                    .map_err(|e| Error::io(out.path(), e))?;
+                w.flush().map_err(|e| Error::io(out.path(), e))?;
+            }
+            out.as_file()
+                .sync_all()
                 .map_err(|e| Error::io(out.path(), e))?;
-            w.write_all(&hjson).map_err(|e| Error::io(out.path(), e))?;
-            let mut src = self
-                .scratch
-                .reopen()
-                .map_err(|e| Error::io(self.scratch.path(), e))?;
-            src.seek(SeekFrom::Start(0))
-                .map_err(|e| Error::io(self.scratch.path(), e))?;
-            std::io::copy(&mut (&mut src).take(self.pos), &mut w)
-                .map_err(|e| Error::io(out.path(), e))?;
-            w.flush().map_err(|e| Error::io(out.path(), e))?;
+            out.persist(&self.dest)
+                .map_err(|e| Error::io(&self.dest, e.error))?;
+            total = 8 + hjson.len() as u64 + self.pos;
         }
-        out.as_file()
-            .sync_all()
-            .map_err(|e| Error::io(out.path(), e))?;
-        out.persist(&self.dest)
-            .map_err(|e| Error::io(&self.dest, e.error))?;
-        Ok(8 + hjson.len() as u64 + self.pos)
+        Ok(total)
     }
 }
 
@@ -431,4 +467,39 @@ pub fn safetensors_files(path: &Path) -> Result<Vec<PathBuf>> {
         )));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_reserve_and_its_overflow_both_give_valid_files() {
+        let d = tempfile::tempdir().unwrap();
+        for reserve in [16u64, 1 << 16] {
+            let p = d.path().join(format!("r{reserve}.safetensors"));
+            let mut w = StreamingWriter::with_reserve(&p, reserve).unwrap();
+            w.add("a", Dtype::U8, vec![3], &[1, 2, 3]).unwrap();
+            w.add("b", Dtype::U16, vec![2], &[4, 0, 5, 0]).unwrap();
+            let mut md = BTreeMap::new();
+            md.insert("k".to_string(), "v".repeat(100));
+            let size = w.finish(md).unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            assert_eq!(bytes.len() as u64, size);
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.tensor("a").unwrap().data(), &[1, 2, 3]);
+            assert_eq!(st.tensor("b").unwrap().data(), &[4, 0, 5, 0]);
+        }
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".zipserv")
+            })
+            .collect();
+        assert!(left.is_empty());
+    }
 }

@@ -177,7 +177,8 @@ pub fn compress_file(
             )));
         }
     }
-    let mut w = StreamingWriter::new(output)?;
+    let mut w =
+        StreamingWriter::with_reserve(output, header_reserve(order.iter().map(|s| s.as_str())))?;
     let mut meta = ContainerMeta {
         format: "zipserv-tca-tbe".into(),
         version: FORMAT_VERSION,
@@ -299,7 +300,14 @@ pub fn decompress_file(
             input.display()
         ))
     })?;
-    let mut w = StreamingWriter::new(output)?;
+    let md_len: usize = meta
+        .original_metadata
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    let reserve = header_reserve(meta.order.iter().map(|s| s.as_str())) + md_len as u64;
+    let mut w = StreamingWriter::with_reserve(output, reserve)?;
     for name in &meta.order {
         if let Some(tm) = meta.compressed.get(name) {
             let bits = decode_checked(&st, name, tm).map_err(|e| prefix(input, e))?;
