@@ -174,10 +174,13 @@ fn build_ptx() -> Result<()> {
 }
 
 fn cargo_test(extra: &[String]) -> Result<()> {
+    // --nocapture: the GPU test's "SKIPPED: <reason>" and the real-weights
+    // measurement are printed, not swallowed.
     let mut c = Command::new("cargo");
     c.current_dir(root())
         .args(["test", "--workspace", "--release"])
-        .args(extra);
+        .args(extra)
+        .args(["--", "--nocapture"]);
     run(&mut c)
 }
 
