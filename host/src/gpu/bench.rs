@@ -136,7 +136,10 @@ impl Outcome {
 
 /// Run the GPU correctness tests; error if any fails.
 pub fn gpu_test(a: &TestArgs) -> Result<()> {
-    let gpu = Gpu::new(0)?;
+    let mut gpu = Gpu::new(0)?;
+    // Everything below runs on a stream of the caller's (not the default).
+    let own = gpu.ctx.new_stream().map_err(gpu_err)?;
+    gpu.set_stream(own)?;
     println!("device: {} (sm_{}, {} SMs)", gpu.name, gpu.sm, gpu.sms);
     let mut out = Outcome {
         passed: 0,

@@ -200,6 +200,22 @@ impl Gpu {
         })
     }
 
+    /// Run every later launch (kernels and cuBLAS) on the caller's `stream`
+    /// (of this GPU's context). Launches are asynchronous on it; nothing here
+    /// synchronises except [`Gpu::sync`] and the timing helpers.
+    pub fn set_stream(&mut self, stream: Arc<CudaStream>) -> Result<()> {
+        if !Arc::ptr_eq(stream.context(), &self.ctx) {
+            return Err(Error::Gpu(
+                "the stream belongs to another CUDA context".into(),
+            ));
+        }
+        // Work already queued (workspace clearing included) finishes first.
+        self.sync()?;
+        unsafe { self.blas.set_stream(stream.clone()) }.map_err(gpu_err)?;
+        self.stream = stream;
+        Ok(())
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(gpu_err)
     }
