@@ -322,7 +322,7 @@ impl StreamingWriter {
                 .map_err(|e| Error::io(&self.dest, e.error))?;
         } else {
             // The header outgrew its room: copy the data behind a fitted header.
-            while (8 + hjson.len()) % 8 != 0 {
+            while !(8 + hjson.len()).is_multiple_of(8) {
                 hjson.push(b' ');
             }
             let dir = self

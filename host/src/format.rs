@@ -58,7 +58,7 @@ impl Stats {
 
 /// Check a shape can be stored in version 1.
 pub fn check_shape(rows: usize, cols: usize) -> Result<()> {
-    if rows == 0 || cols == 0 || rows % 64 != 0 || cols % 64 != 0 {
+    if rows == 0 || cols == 0 || !rows.is_multiple_of(64) || !cols.is_multiple_of(64) {
         return Err(Error::invalid(format!(
             "shape {rows}x{cols}: version 1 needs both dimensions to be non-zero multiples of 64"
         )));
