@@ -3,13 +3,11 @@ use std::path::Path;
 
 /// Write a safetensors file from `(name, dtype, shape, bytes)` entries.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
-    let mut w = zipserv::container::StreamingWriter::new(path).unwrap();
-    for (n, d, s, b) in tensors {
-        w.add(n, *d, s.clone(), b).unwrap();
-    }
-    let mut md = std::collections::BTreeMap::new();
-    md.insert("format".to_string(), "pt".to_string());
-    w.finish(md).unwrap();
+    let t: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (*n, *d, s.clone(), b.as_slice()))
+        .collect();
+    zipserv::container::write_file(path, &t, &[("format", "pt")]).unwrap();
 }
 
 /// BF16 bit patterns as little-endian bytes.

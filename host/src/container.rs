@@ -175,6 +175,41 @@ impl MappedFile {
     }
 }
 
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// A new temporary output file beside `dest` (renamed into place when complete).
+fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_dir(dest);
+    tempfile::Builder::new()
+        .prefix(".zipserv-out-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Write a whole safetensors file from in-memory `(name, dtype, shape, bytes)`
+/// tensors and `__metadata__` entries, atomically.
+pub fn write_file(
+    path: &Path,
+    tensors: &[(&str, Dtype, Vec<usize>, &[u8])],
+    metadata: &[(&str, &str)],
+) -> Result<u64> {
+    let mut w = StreamingWriter::with_reserve(path, header_reserve(tensors.iter().map(|t| t.0)))?;
+    for (name, dtype, shape, bytes) in tensors {
+        w.add(name, *dtype, shape.clone(), bytes)?;
+    }
+    w.finish(
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 /// Writes a safetensors file: tensor data streams into a temporary file beside
 /// the destination, after room reserved for the header; the header, padded
 /// with spaces (valid JSON whitespace) to fill that room, is written once all
@@ -205,14 +240,7 @@ impl StreamingWriter {
     }
 
     pub fn with_reserve(dest: &Path, reserve: u64) -> Result<Self> {
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file = tempfile::Builder::new()
-            .prefix(".zipserv-out-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        let file = temp_beside(dest)?;
         let reserve = reserve.div_ceil(8) * 8;
         let mut f = file.reopen().map_err(|e| Error::io(file.path(), e))?;
         f.seek(SeekFrom::Start(reserve))
@@ -325,15 +353,7 @@ impl StreamingWriter {
             while !(8 + hjson.len()).is_multiple_of(8) {
                 hjson.push(b' ');
             }
-            let dir = self
-                .dest
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let out = tempfile::Builder::new()
-                .prefix(".zipserv-out-")
-                .tempfile_in(dir)
-                .map_err(|e| Error::io(dir, e))?;
+            let out = temp_beside(&self.dest)?;
             {
                 let mut w = BufWriter::with_capacity(1 << 22, out.as_file());
                 w.write_all(&(hjson.len() as u64).to_le_bytes())

@@ -95,10 +95,7 @@ fn with_output_dir(output: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Res
             )));
         }
     }
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = parent_dir(output);
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".zipserv-dir-")

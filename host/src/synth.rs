@@ -77,7 +77,6 @@ pub fn write_llama_layer(
     inter: usize,
     seed: u64,
 ) -> crate::Result<()> {
-    let mut w = crate::container::StreamingWriter::new(path)?;
     let mats = [
         (
             "model.layers.0.self_attn.qkv_proj.weight",
@@ -88,26 +87,30 @@ pub fn write_llama_layer(
         ("model.layers.0.mlp.gate_up_proj.weight", 2 * inter, hidden),
         ("model.layers.0.mlp.down_proj.weight", hidden, inter),
     ];
-    for (i, (name, r, c)) in mats.iter().enumerate() {
-        let bits = student_t_bf16(r * c, 0.02, seed + i as u64);
-        w.add(
-            name,
-            safetensors::Dtype::BF16,
-            vec![*r, *c],
-            bytemuck::cast_slice(&bits),
-        )?;
-    }
-    let norm: Vec<u16> = (0..hidden)
-        .map(|_| half::bf16::from_f32(1.0).to_bits())
+    let data: Vec<Vec<u16>> = mats
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r, c))| student_t_bf16(r * c, 0.02, seed + i as u64))
         .collect();
-    w.add(
+    let norm: Vec<u16> = vec![half::bf16::from_f32(1.0).to_bits(); hidden];
+    let mut tensors: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = mats
+        .iter()
+        .zip(&data)
+        .map(|((n, r, c), d)| {
+            (
+                *n,
+                safetensors::Dtype::BF16,
+                vec![*r, *c],
+                bytemuck::cast_slice(d),
+            )
+        })
+        .collect();
+    tensors.push((
         "model.layers.0.input_layernorm.weight",
         safetensors::Dtype::BF16,
         vec![hidden],
         bytemuck::cast_slice(&norm),
-    )?;
-    let mut md = std::collections::BTreeMap::new();
-    md.insert("format".to_string(), "pt".to_string());
-    w.finish(md)?;
+    ));
+    crate::container::write_file(path, &tensors, &[("format", "pt")])?;
     Ok(())
 }

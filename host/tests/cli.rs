@@ -23,13 +23,11 @@ fn bytes(bits: &[u16]) -> Vec<u8> {
 }
 
 fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
-    let mut w = zipserv::container::StreamingWriter::new(path).unwrap();
-    for (n, d, s, b) in tensors {
-        w.add(n, *d, s.clone(), b).unwrap();
-    }
-    let mut md = std::collections::BTreeMap::new();
-    md.insert("format".to_string(), "pt".to_string());
-    w.finish(md).unwrap();
+    let t: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (*n, *d, s.clone(), b.as_slice()))
+        .collect();
+    zipserv::container::write_file(path, &t, &[("format", "pt")]).unwrap();
 }
 
 /// A small model file: two compressible matrices, a norm vector, an F32

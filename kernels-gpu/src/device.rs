@@ -297,6 +297,44 @@ fn assemble(lo: &[u32; 4], h: &[u32; 4]) -> [u32; 8] {
     a
 }
 
+/// Decode half `half` of a lane's tile into its 8 A registers: high bytes
+/// (table lookup, exceptions patched) interleaved with the low bytes.
+#[inline(always)]
+unsafe fn decode_half(
+    t: &TileRegs,
+    half: usize,
+    tab: (u32, u32),
+    exc: *const u16,
+    bounds: &[u32; 3],
+    first: &[u32; 2],
+    lane: u32,
+    scratch: u32,
+) -> [u32; 8] {
+    let h = high_bytes(
+        t,
+        half,
+        tab,
+        exc,
+        bounds[half],
+        bounds[half + 1],
+        first[half],
+        lane,
+        scratch,
+    );
+    assemble(&t.lo[half], &h)
+}
+
+/// The two k16 MMAs of a decoded half against every activation block.
+#[inline(always)]
+fn mma_half<const NB: usize>(acc: &mut [[f32; 4]; NB], a: &[u32; 8], bx: &[[u32; 4]; NB]) {
+    let a0 = [a[0], a[1], a[2], a[3]];
+    let a1 = [a[4], a[5], a[6], a[7]];
+    for nb in 0..NB {
+        mma(&mut acc[nb], &a0, bx[nb][0], bx[nb][1]);
+        mma(&mut acc[nb], &a1, bx[nb][2], bx[nb][3]);
+    }
+}
+
 #[inline(always)]
 fn lane_warp() -> (u32, u32) {
     let tid = unsafe { _thread_idx_x() } as u32;
@@ -341,18 +379,7 @@ pub unsafe extern "gpu-kernel" fn zs_decompress(
         };
         let (strip, ktile) = (tile / kt, tile % kt);
         for half in 0..2usize {
-            let h = high_bytes(
-                &cur,
-                half,
-                (tab_lo, tab_hi),
-                exc,
-                cb[half],
-                cb[half + 1],
-                ce[half],
-                lane,
-                scratch,
-            );
-            let a = assemble(&cur.lo[half], &h);
+            let a = decode_half(&cur, half, (tab_lo, tab_hi), exc, &cb, &ce, lane, scratch);
             let col = ktile * 64 + 32 * half as u32 + 8 * q;
             let row = strip * 16 + r0;
             st_global_v4(
@@ -545,24 +572,8 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(
                         *bv = lds_v4(st + boff[half] + nb as u32 * 1024);
                     }
                     for j in 0..RS {
-                        let h = high_bytes(
-                            &cur[j],
-                            half,
-                            tab,
-                            exc,
-                            cb[j][half],
-                            cb[j][half + 1],
-                            ce[j][half],
-                            lane,
-                            scratch,
-                        );
-                        let a = assemble(&cur[j].lo[half], &h);
-                        let a0 = [a[0], a[1], a[2], a[3]];
-                        let a1 = [a[4], a[5], a[6], a[7]];
-                        for nb in 0..NB {
-                            mma(&mut acc[j][nb], &a0, bx[nb][0], bx[nb][1]);
-                            mma(&mut acc[j][nb], &a1, bx[nb][2], bx[nb][3]);
-                        }
+                        let a = decode_half(&cur[j], half, tab, exc, &cb[j], &ce[j], lane, scratch);
+                        mma_half::<NB>(&mut acc[j], &a, &bx);
                     }
                 }
             }
@@ -743,24 +754,8 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(
                         bnext = act(t + 1, 0);
                     }
                 }
-                let h = high_bytes(
-                    &cur,
-                    half,
-                    tab,
-                    exc,
-                    cb[half],
-                    cb[half + 1],
-                    ce[half],
-                    lane,
-                    scratch,
-                );
-                let a = assemble(&cur.lo[half], &h);
-                let a0 = [a[0], a[1], a[2], a[3]];
-                let a1 = [a[4], a[5], a[6], a[7]];
-                for nb in 0..NB {
-                    mma(&mut acc[0][nb], &a0, bx[nb][0], bx[nb][1]);
-                    mma(&mut acc[0][nb], &a1, bx[nb][2], bx[nb][3]);
-                }
+                let a = decode_half(&cur, half, tab, exc, &cb, &ce, lane, scratch);
+                mma_half::<NB>(&mut acc[0], &a, &bx);
             }
             t += 1;
             if t >= t1 {
