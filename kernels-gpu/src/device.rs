@@ -771,62 +771,51 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(
     finish::<NB, 1>(&acc, y, ws, counters, m, n, sk, strip, lane);
 }
 
-macro_rules! gemm_warp_kernels {
-    ($($name:ident = ($nb:literal, $d:literal, $pb:literal)),*) => {$(
-        #[no_mangle]
-        pub unsafe extern "gpu-kernel" fn $name(
-            records: *const u8, exc_off: *const u32, exc: *const u16, tab_lo: u32, tab_hi: u32,
-            x: *const u16, y: *mut u16, ws: *mut f32, counters: *mut u32,
-            m: u32, n: u32, k: u32, sk: u32, tps: u32,
-        ) {
-            gemm_warp::<$nb, $d, $pb>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
-        }
-    )*};
-}
-
+/// `name = function::<generics>`: a kernel entry point over one build of a
+/// ZipGEMM family (entry points take pointers and scalars only).
 macro_rules! gemm_kernels {
-    ($($name:ident = ($nb:literal, $rs:literal, $st:literal)),*) => {$(
+    ($($name:ident = $f:ident::<$($g:tt),*>),* $(,)?) => {$(
         #[no_mangle]
         pub unsafe extern "gpu-kernel" fn $name(
             records: *const u8, exc_off: *const u32, exc: *const u16, tab_lo: u32, tab_hi: u32,
             x: *const u16, y: *mut u16, ws: *mut f32, counters: *mut u32,
             m: u32, n: u32, k: u32, sk: u32, tps: u32,
         ) {
-            gemm::<$nb, $rs, $st>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
+            $f::<$($g),*>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
         }
     )*};
 }
 
-// zs_gemm_r{RS}_nb{NB}: block-staged kernels with RS strips (16 rows each) per
-// warp and NB 8-column blocks; the last number is the depth of the
-// shared-memory ring. RS = 0 names the warp-independent kernel. The host's
-// `GEMM_VARIANTS` table must agree.
-gemm_warp_kernels!(
-    zs_gemm_r0_nb1 = (1, 2, true),
-    zs_gemm_r0_nb2 = (2, 2, true),
-    zs_gemm_r0_nb4 = (4, 2, true)
+// zs_gemm_r{RS}_nb{NB}{suffix}: RS = 0 names the warp-independent kernel
+// (gemm_warp::<NB, record tiles ahead, activations one half ahead>), RS = 1, 2
+// the block-staged one (gemm::<NB, strips a warp, ring stages>). The host's
+// `GEMM_VARIANTS` table and xtask's MAXNREG must agree with these names.
+gemm_kernels!(
+    zs_gemm_r0_nb1 = gemm_warp::<1, 2, true>,
+    zs_gemm_r0_nb2 = gemm_warp::<2, 2, true>,
+    zs_gemm_r0_nb4 = gemm_warp::<4, 2, true>,
 );
 // Records one tile ahead only (fewer registers, more blocks a multiprocessor);
 // the tuner picks per shape.
-gemm_warp_kernels!(
-    zs_gemm_r0_nb1_d1 = (1, 1, true),
-    zs_gemm_r0_nb2_d1 = (2, 1, true),
-    zs_gemm_r0_nb4_d1 = (4, 1, true)
+gemm_kernels!(
+    zs_gemm_r0_nb1_d1 = gemm_warp::<1, 1, true>,
+    zs_gemm_r0_nb2_d1 = gemm_warp::<2, 1, true>,
+    zs_gemm_r0_nb4_d1 = gemm_warp::<4, 1, true>,
 );
 // And under tighter register caps (xtask's MAXNREG): 4 and 3 blocks a
 // multiprocessor; `j` builds load activations just in time.
-gemm_warp_kernels!(
-    zs_gemm_r0_nb1_d1c64 = (1, 1, true),
-    zs_gemm_r0_nb2_d1c64 = (2, 1, true),
-    zs_gemm_r0_nb4_d1j = (4, 1, false),
-    zs_gemm_r0_nb4_d1jc80 = (4, 1, false)
+gemm_kernels!(
+    zs_gemm_r0_nb1_d1c64 = gemm_warp::<1, 1, true>,
+    zs_gemm_r0_nb2_d1c64 = gemm_warp::<2, 1, true>,
+    zs_gemm_r0_nb4_d1j = gemm_warp::<4, 1, false>,
+    zs_gemm_r0_nb4_d1jc80 = gemm_warp::<4, 1, false>,
 );
 gemm_kernels!(
-    zs_gemm_r1_nb1 = (1, 1, 4),
-    zs_gemm_r1_nb2 = (2, 1, 4),
-    zs_gemm_r1_nb4 = (4, 1, 4),
-    zs_gemm_r1_nb8 = (8, 1, 3),
-    zs_gemm_r2_nb4 = (4, 2, 3),
-    zs_gemm_r2_nb8 = (8, 2, 3),
-    zs_gemm_r2_nb16 = (16, 2, 3)
+    zs_gemm_r1_nb1 = gemm::<1, 1, 4>,
+    zs_gemm_r1_nb2 = gemm::<2, 1, 4>,
+    zs_gemm_r1_nb4 = gemm::<4, 1, 4>,
+    zs_gemm_r1_nb8 = gemm::<8, 1, 3>,
+    zs_gemm_r2_nb4 = gemm::<4, 2, 3>,
+    zs_gemm_r2_nb8 = gemm::<8, 2, 3>,
+    zs_gemm_r2_nb16 = gemm::<16, 2, 3>,
 );
