@@ -401,20 +401,10 @@ pub unsafe extern "gpu-kernel" fn zs_decompress(
     }
 }
 
-/// Shared-memory bytes of one ZipGEMM block: 8 exception scratches, then `S`
-/// stages of (activation tile `8 NB x 64`, `8 RS` tile records).
-pub const fn gemm_smem_bytes(nb: usize, rs: usize, stages: usize) -> usize {
-    WARPS as usize * 512 + stages * (nb * 1024 + WARPS as usize * rs * DT_RECORD_BYTES)
-}
-
-/// ZipGEMM block: 8 warps, each owning `RS` consecutive 16-row strips, all on
-/// the same range of k tiles. Per k tile, the block stages the activation tile
-/// (`8 NB` rows x 64 columns, 16-byte chunks swizzled against bank conflicts)
-/// and its warps' tile records into a ring of `S` shared-memory stages with
-/// `cp.async`, one barrier per k tile. Each warp decodes its records straight
-/// into `mma.sync` A registers; exception lists come through registers.
-#[inline(always)]
-unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(
+/// The arguments of every ZipGEMM kernel (entry points take them as separate
+/// pointers and scalars and bundle them here).
+#[derive(Clone, Copy)]
+struct GemmArgs {
     records: *const u8,
     exc_off: *const u32,
     exc: *const u16,
@@ -428,7 +418,37 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(
     k: u32,
     sk: u32,
     tps: u32,
-) {
+}
+
+/// Shared-memory bytes of one ZipGEMM block: 8 exception scratches, then `S`
+/// stages of (activation tile `8 NB x 64`, `8 RS` tile records).
+pub const fn gemm_smem_bytes(nb: usize, rs: usize, stages: usize) -> usize {
+    WARPS as usize * 512 + stages * (nb * 1024 + WARPS as usize * rs * DT_RECORD_BYTES)
+}
+
+/// ZipGEMM block: 8 warps, each owning `RS` consecutive 16-row strips, all on
+/// the same range of k tiles. Per k tile, the block stages the activation tile
+/// (`8 NB` rows x 64 columns, 16-byte chunks swizzled against bank conflicts)
+/// and its warps' tile records into a ring of `S` shared-memory stages with
+/// `cp.async`, one barrier per k tile. Each warp decodes its records straight
+/// into `mma.sync` A registers; exception lists come through registers.
+#[inline(always)]
+unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(a: GemmArgs) {
+    let GemmArgs {
+        records,
+        exc_off,
+        exc,
+        tab,
+        x,
+        y,
+        ws,
+        counters,
+        m,
+        n,
+        k,
+        sk,
+        tps,
+    } = a;
     let (lane, warp) = lane_warp();
     let tid = warp * 32 + lane;
     let base = smem_base();
@@ -678,21 +698,22 @@ unsafe fn finish<const NB: usize, const RS: usize>(
 /// fewer registers with 1, more bytes in flight with 2. `PB`: load the next
 /// half's activation fragments before decoding this one (else just in time).
 #[inline(always)]
-unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(
-    records: *const u8,
-    exc_off: *const u32,
-    exc: *const u16,
-    tab: (u32, u32),
-    x: *const u16,
-    y: *mut u16,
-    ws: *mut f32,
-    counters: *mut u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    sk: u32,
-    tps: u32,
-) {
+unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs) {
+    let GemmArgs {
+        records,
+        exc_off,
+        exc,
+        tab,
+        x,
+        y,
+        ws,
+        counters,
+        m,
+        n,
+        k,
+        sk,
+        tps,
+    } = a;
     let (lane, warp) = lane_warp();
     let scratch = smem_base() + warp * 512;
     let strips = m / 16;
@@ -781,7 +802,7 @@ macro_rules! gemm_kernels {
             x: *const u16, y: *mut u16, ws: *mut f32, counters: *mut u32,
             m: u32, n: u32, k: u32, sk: u32, tps: u32,
         ) {
-            $f::<$($g),*>(records, exc_off, exc, (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps);
+            $f::<$($g),*>(GemmArgs { records, exc_off, exc, tab: (tab_lo, tab_hi), x, y, ws, counters, m, n, k, sk, tps });
         }
     )*};
 }
