@@ -12,7 +12,7 @@ use core::arch::global_asm;
 use core::arch::nvptx::*;
 
 /// Warps per thread block of every kernel.
-pub const WARPS: u32 = 8;
+pub const WARPS: u32 = ZG_WARPS as u32;
 
 // Dynamic shared memory. Per warp: a 512-byte high-byte scratch for the
 // exception patch, then (ZipGEMM) the warp's ring of staged tile records.
@@ -354,7 +354,7 @@ pub unsafe extern "gpu-kernel" fn zs_decompress(
     cols: u32,
 ) {
     let (lane, warp) = lane_warp();
-    let scratch = smem_base() + warp * 512;
+    let scratch = smem_base() + warp * ZG_SCRATCH as u32;
     let kt = cols / DT_COLS as u32;
     let tiles = (rows / DT_ROWS as u32) * kt;
     let step = _grid_dim_x() as u32 * WARPS;
@@ -420,12 +420,6 @@ struct GemmArgs {
     tps: u32,
 }
 
-/// Shared-memory bytes of one ZipGEMM block: 8 exception scratches, then `S`
-/// stages of (activation tile `8 NB x 64`, `8 RS` tile records).
-pub const fn gemm_smem_bytes(nb: usize, rs: usize, stages: usize) -> usize {
-    WARPS as usize * 512 + stages * (nb * 1024 + WARPS as usize * rs * DT_RECORD_BYTES)
-}
-
 /// ZipGEMM block: 8 warps, each owning `RS` consecutive 16-row strips, all on
 /// the same range of k tiles. Per k tile, the block stages the activation tile
 /// (`8 NB` rows x 64 columns, 16-byte chunks swizzled against bank conflicts)
@@ -452,8 +446,8 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(a: GemmArgs) {
     let (lane, warp) = lane_warp();
     let tid = warp * 32 + lane;
     let base = smem_base();
-    let scratch = base + warp * 512;
-    let ring = base + WARPS * 512;
+    let scratch = base + warp * ZG_SCRATCH as u32;
+    let ring = base + WARPS * ZG_SCRATCH as u32;
     let xbytes = (NB * 1024) as u32;
     let stage_bytes = xbytes + WARPS * RS as u32 * DT_RECORD_BYTES as u32;
     let strips = m / 16;
@@ -715,7 +709,7 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
         tps,
     } = a;
     let (lane, warp) = lane_warp();
-    let scratch = smem_base() + warp * 512;
+    let scratch = smem_base() + warp * ZG_SCRATCH as u32;
     let strips = m / 16;
     let kt = k / 64;
     let gw = _block_idx_x() as u32 * WARPS + warp;

@@ -178,3 +178,19 @@ pub const fn dev_exc_entry(lane: usize, slot: usize, delta: u8) -> u16 {
 pub const fn dev_exc_split(e: u16) -> (usize, u8) {
     ((e & 0x1ff) as usize, (e >> 9) as u8)
 }
+
+// ---------------------------------------------------------------------------
+// ZipGEMM launch geometry (host launches, device kernels)
+// ---------------------------------------------------------------------------
+
+/// Warps in every block of the zipserv kernels.
+pub const ZG_WARPS: usize = 8;
+/// Shared-memory bytes of one warp's exception scratch (a half tile's high bytes).
+pub const ZG_SCRATCH: usize = 512;
+
+/// Dynamic shared memory of a ZipGEMM block: the warps' exception scratches,
+/// then (block-staged kernel) `stages` stages of an activation tile
+/// (`8 nb` rows x 64 columns of BF16) and `8 rs` tile records.
+pub const fn zipgemm_smem_bytes(rs: usize, nb: usize, stages: usize) -> usize {
+    ZG_WARPS * ZG_SCRATCH + stages * (nb * 1024 + ZG_WARPS * rs * DT_RECORD_BYTES)
+}

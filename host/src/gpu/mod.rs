@@ -12,8 +12,8 @@ use cudarc::driver::{
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Warps per block of every kernel (`kernels-gpu/src/device.rs`).
-pub const WARPS: u32 = 8;
+/// Warps per block of every kernel.
+pub const WARPS: u32 = zipserv_kernels::geometry::ZG_WARPS as u32;
 /// The fused kernel variants `(strips per warp, 8-column blocks, ring stages)`;
 /// 0 strips names the warp-independent kernel (one strip a warp, no staging);
 /// a `_d1` suffix names the build that loads records one tile ahead, not two,
@@ -38,17 +38,13 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str); 17] = [
     (2, 8, 3, ""),
     (2, 16, 3, ""),
 ];
-/// Bytes of a tile record (`geometry::DT_RECORD_BYTES`).
-const RECORD: usize = zipserv_kernels::geometry::DT_RECORD_BYTES;
-
-/// Dynamic shared memory of a fused variant's block
-/// (`device::gemm_smem_bytes`): 8 exception scratches, then the stages.
-pub fn gemm_smem(rs: usize, nb: usize, stages: usize) -> usize {
-    WARPS as usize * 512 + stages * (nb * 1024 + WARPS as usize * rs * RECORD)
-}
-
 /// Largest N the fused kernel takes.
 pub const FUSED_MAX_N: usize = 128;
+
+/// Dynamic shared memory of a fused variant's block.
+pub fn gemm_smem(rs: usize, nb: usize, stages: usize) -> usize {
+    zipserv_kernels::geometry::zipgemm_smem_bytes(rs, nb, stages)
+}
 
 fn gpu_err(e: impl std::fmt::Debug) -> Error {
     Error::Gpu(format!("{e:?}"))
@@ -112,9 +108,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn rs(&self) -> usize {
-        GEMM_VARIANTS[self.variant].0
-    }
     pub fn describe(&self) -> String {
         let (rs, nb, st, cap) = GEMM_VARIANTS[self.variant];
         format!("r{rs}nb{nb}s{st}{cap} sk={}", self.split.sk)
@@ -274,7 +267,7 @@ impl Gpu {
             b.launch(LaunchConfig {
                 grid_dim: (blocks, 1, 1),
                 block_dim: (WARPS * 32, 1, 1),
-                shared_mem_bytes: WARPS * 512,
+                shared_mem_bytes: gemm_smem(0, 0, 0) as u32,
             })
         }
         .map_err(gpu_err)?;
