@@ -291,7 +291,12 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
     for &(m, k) in &shapes {
         let w = pooled_weights(m, k, s + m as u64 + k as u64);
         let d = crate::device_layout::build(&w, m, k)?;
-        let lin = ZipLinear::new(gpu.upload(&d)?);
+        let mut lin = ZipLinear::new(gpu.upload(&d)?);
+        if !a.tiny {
+            // Measured crossover and tuned plans, as a user's load would set them.
+            lin.calibrate(&gpu, &[])?;
+            println!("calibrated {m}x{k}: fused up to n = {}", lin.crossover);
+        }
         let dense = gpu.stream.clone_htod(&w).map_err(gpu_err)?;
         let mut rng = Rng::new(s ^ (m * k) as u64);
         let ms: Vec<usize> = (0..m.min(48))
@@ -433,7 +438,6 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         ));
         let gm_refs: Vec<&GpuMatrix> = gms.iter().collect();
         let mut lin = ZipLinear::new(gpu.upload(&d)?);
-        let mut fused_loses_from = usize::MAX;
         let mut per_n = Vec::new();
         for &n in &a.ns {
             let x = uniform_bf16(n * k, 1.0, s + n as u64);
@@ -461,22 +465,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             } else {
                 None
             };
-            if let (Some(f), Some(dd)) = (fused, dec) {
-                if dd < f && fused_loses_from == usize::MAX {
-                    fused_loses_from = n;
-                }
-            }
             per_n.push((n, cub, fused, dec, plan));
         }
-        // Crossover measured on this card: fused up to the last N where it wins.
-        lin.crossover = per_n
-            .iter()
-            .filter(|(n, _, f, d, _)| {
-                f.is_some() && (d.is_none() || f.unwrap() <= d.unwrap()) && *n < fused_loses_from
-            })
-            .map(|(n, ..)| *n)
-            .max()
-            .unwrap_or(0);
+        // Crossover measured on this card.
+        let points: Vec<_> = per_n.iter().map(|&(n, _, f, d, _)| (n, f, d)).collect();
+        lin.set_crossover(&points);
         for (n, cub, fused, dec, plan) in per_n {
             let (zip, path) = if n <= lin.crossover {
                 (fused.unwrap(), "fused")

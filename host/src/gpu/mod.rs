@@ -575,6 +575,21 @@ pub fn variants_for(rs: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The crossover from measured `(n, fused ms, decompress + cuBLAS ms)` points
+/// (in increasing n; `None` where a path was not measured): the fused kernel
+/// up to the last n before the first at which the prefill path is faster.
+pub fn crossover_from(points: &[(usize, Option<f64>, Option<f64>)]) -> usize {
+    let mut crossover = 0;
+    for &(n, fused, dec) in points {
+        match (fused, dec) {
+            (Some(f), Some(d)) if d < f => break,
+            (Some(_), _) => crossover = n,
+            (None, _) => break,
+        }
+    }
+    crossover
+}
+
 /// A linear layer over a compressed weight: fused ZipGEMM up to `crossover`
 /// rows of activations, decompress + cuBLAS above (the prefill path).
 pub struct ZipLinear {
@@ -607,6 +622,38 @@ impl ZipLinear {
         }
         self.forward_raw(gpu, gpu.ptr(x), gpu.ptr(y), n)
     }
+    /// Set the crossover from measured points (see [`crossover_from`]).
+    pub fn set_crossover(&mut self, points: &[(usize, Option<f64>, Option<f64>)]) {
+        self.crossover = crossover_from(points);
+    }
+
+    /// Measure this layer on `gpu`: tune the fused plan for each N bucket up to
+    /// [`FUSED_MAX_N`] and set the crossover to the decompress + cuBLAS path.
+    /// `copies` (this weight uploaded again, optional) are rotated through so
+    /// that small weights are not timed from L2.
+    pub fn calibrate(&mut self, gpu: &Gpu, copies: &[&GpuMatrix]) -> Result<()> {
+        let (m, k) = (self.weight.rows, self.weight.cols);
+        let mut w: Vec<&GpuMatrix> = vec![&self.weight];
+        w.extend_from_slice(copies);
+        let mut points = Vec::new();
+        for n in [8usize, 16, 32, 64, 128] {
+            let x = gpu
+                .stream
+                .clone_htod(&crate::synth::uniform_bf16(n * k, 1.0, n as u64))
+                .map_err(gpu_err)?;
+            let y = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
+            let (xp, yp) = (gpu.ptr(&x), gpu.ptr(&y));
+            let plan = gpu.tune(&w, xp, yp, n)?;
+            let fused = gpu.time_ms(3, 30, |i| {
+                gpu.gemm_fused(w[i % w.len()], xp, yp, n, Some(plan))
+            })?;
+            let dec = gpu.time_ms(3, 30, |i| gpu.gemm_decoupled(w[i % w.len()], xp, yp, n))?;
+            points.push((n, Some(fused), Some(dec)));
+        }
+        self.set_crossover(&points);
+        Ok(())
+    }
+
     pub fn forward_raw(&self, gpu: &Gpu, x: u64, y: u64, n: usize) -> Result<()> {
         if !x.is_multiple_of(16) {
             return Err(Error::invalid("activations must be 16-byte aligned"));
@@ -616,5 +663,36 @@ impl ZipLinear {
         } else {
             gpu.gemm_decoupled(&self.weight, x, y, n)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crossover_from;
+
+    #[test]
+    fn crossover_stops_at_the_first_loss() {
+        assert_eq!(
+            crossover_from(&[
+                (8, Some(1.0), None),
+                (64, Some(2.0), Some(3.0)),
+                (128, Some(5.0), Some(4.0))
+            ]),
+            64
+        );
+        assert_eq!(crossover_from(&[(8, Some(1.0), Some(0.5))]), 0);
+        assert_eq!(
+            crossover_from(&[(8, Some(1.0), None), (256, None, Some(1.0))]),
+            8
+        );
+        // A win after a loss does not count: the crossover is one threshold.
+        assert_eq!(
+            crossover_from(&[
+                (8, Some(1.0), Some(2.0)),
+                (16, Some(3.0), Some(2.0)),
+                (32, Some(1.0), Some(2.0))
+            ]),
+            8
+        );
     }
 }
