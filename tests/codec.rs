@@ -91,6 +91,23 @@ fn window_rule_is_argmax_with_ties_to_smallest() {
 }
 
 #[test]
+fn unfit_tensors_get_the_right_reason() {
+    use safetensors::Dtype;
+    use zipserv::container::unfit_reason;
+    assert_eq!(unfit_reason(Dtype::BF16, &[128, 64]), None);
+    assert!(unfit_reason(Dtype::F32, &[128, 64])
+        .unwrap()
+        .contains("F32"));
+    assert!(unfit_reason(Dtype::BF16, &[64]).unwrap().contains("1-D"));
+    assert!(unfit_reason(Dtype::BF16, &[100, 64])
+        .unwrap()
+        .contains("multiples of 64"));
+    assert!(unfit_reason(Dtype::BF16, &[1 << 18, 1 << 14])
+        .unwrap()
+        .contains("too large"));
+}
+
+#[test]
 fn bad_shapes_are_errors() {
     assert!(encode(&[0u16; 64 * 32], 64, 32).is_err());
     assert!(encode(&[0u16; 10], 64, 64).is_err());

@@ -81,9 +81,12 @@ pub fn unfit_reason(dtype: Dtype, shape: &[usize]) -> Option<String> {
             shape.len()
         ));
     }
-    check_shape(shape[0], shape[1])
-        .err()
-        .map(|_| format!("shape {}x{} is not a multiple of 64", shape[0], shape[1]))
+    // The format's own reason: a dimension not a multiple of 64, or more
+    // elements than its 32-bit offsets address.
+    check_shape(shape[0], shape[1]).err().map(|e| match e {
+        crate::Error::Invalid(msg) => msg,
+        other => other.to_string(),
+    })
 }
 
 /// Little-endian bytes as `u16` values: borrowed when aligned (the usual case
