@@ -712,7 +712,8 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
     let scratch = smem_base() + warp * ZG_SCRATCH as u32;
     let strips = m / 16;
     let kt = k / 64;
-    let gw = _block_idx_x() as u32 * WARPS + warp;
+    // Any block size: blocks are only a way to launch independent warps.
+    let gw = _block_idx_x() as u32 * (_block_dim_x() as u32 / 32) + warp;
     if gw >= strips * sk {
         return;
     }

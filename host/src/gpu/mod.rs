@@ -18,28 +18,44 @@ pub const WARPS: u32 = zipserv_kernels::geometry::ZG_WARPS as u32;
 /// 0 strips names the warp-independent kernel (one strip a warp, no staging);
 /// a `_d1` suffix names the build that loads records one tile ahead, not two,
 /// `j` one that loads activations just in time, `cNN` a register cap of NN;
-/// must agree with `gemm_kernels!` in `kernels-gpu/src/device.rs`.
-pub const GEMM_VARIANTS: [(usize, usize, usize, &str); 17] = [
-    (0, 1, 0, ""),
-    (0, 1, 0, "_d1"),
-    (0, 1, 0, "_d1c64"),
-    (0, 2, 0, ""),
-    (0, 2, 0, "_d1"),
-    (0, 2, 0, "_d1c64"),
-    (0, 4, 0, ""),
-    (0, 4, 0, "_d1"),
-    (0, 4, 0, "_d1j"),
-    (0, 4, 0, "_d1jc80"),
-    (1, 1, 4, ""),
-    (1, 2, 4, ""),
-    (1, 4, 4, ""),
-    (1, 8, 3, ""),
-    (2, 4, 3, ""),
-    (2, 8, 3, ""),
-    (2, 16, 3, ""),
+/// the last field is the block size in warps (the warp-independent kernel takes
+/// any; the block-staged one needs 8). Must agree with `gemm_kernels!` in
+/// `kernels-gpu/src/device.rs`.
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 20] = [
+    (0, 1, 0, "", 8),
+    (0, 1, 0, "_d1", 8),
+    (0, 1, 0, "_d1c64", 8),
+    (0, 2, 0, "", 8),
+    (0, 2, 0, "_d1", 8),
+    (0, 2, 0, "_d1c64", 8),
+    (0, 2, 0, "_d1", 4),
+    (0, 4, 0, "", 8),
+    (0, 4, 0, "_d1", 8),
+    (0, 4, 0, "_d1j", 8),
+    (0, 4, 0, "_d1jc80", 8),
+    (0, 4, 0, "_d1", 4),
+    (0, 4, 0, "_d1j", 4),
+    (1, 1, 4, "", 8),
+    (1, 2, 4, "", 8),
+    (1, 4, 4, "", 8),
+    (1, 8, 3, "", 8),
+    (2, 4, 3, "", 8),
+    (2, 8, 3, "", 8),
+    (2, 16, 3, "", 8),
 ];
 /// Largest N the fused kernel takes.
 pub const FUSED_MAX_N: usize = 128;
+
+/// Dynamic shared memory of a variant's block (the warp-independent kernel
+/// uses only the exception scratches of its warps).
+pub fn variant_smem(variant: usize) -> usize {
+    let (rs, nb, st, _, wpb) = GEMM_VARIANTS[variant];
+    if rs == 0 {
+        wpb as usize * zipserv_kernels::geometry::ZG_SCRATCH
+    } else {
+        gemm_smem(rs, nb, st)
+    }
+}
 
 /// Dynamic shared memory of a fused variant's block.
 pub fn gemm_smem(rs: usize, nb: usize, stages: usize) -> usize {
@@ -109,8 +125,13 @@ pub struct Plan {
 
 impl Plan {
     pub fn describe(&self) -> String {
-        let (rs, nb, st, cap) = GEMM_VARIANTS[self.variant];
-        format!("r{rs}nb{nb}s{st}{cap} sk={}", self.split.sk)
+        let (rs, nb, st, cap, wpb) = GEMM_VARIANTS[self.variant];
+        let w = if wpb == WARPS {
+            String::new()
+        } else {
+            format!("w{wpb}")
+        };
+        format!("r{rs}nb{nb}s{st}{cap}{w} sk={}", self.split.sk)
     }
 }
 
@@ -164,7 +185,7 @@ impl Gpu {
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
         let gemm_fns = GEMM_VARIANTS
             .iter()
-            .map(|&(rs, nb, st, cap)| {
+            .map(|&(rs, nb, st, cap, _)| {
                 let f = module.load_function(&format!("zs_gemm_r{rs}_nb{nb}{cap}")).map_err(gpu_err)?;
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -359,7 +380,7 @@ impl Gpu {
                 "split {sp:?} does not cover {kt} k tiles"
             )));
         }
-        let (rs, nb, st, _) = GEMM_VARIANTS[plan.variant];
+        let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
         if nb * 8 < n || m % (16 * rs.max(1)) != 0 {
             return Err(Error::invalid(format!(
                 "plan {} does not fit {m}x{k}, n = {n}",
@@ -368,8 +389,8 @@ impl Gpu {
         }
         let f = &self.gemm_fns[plan.variant];
         let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
-        let blocks = ((m / 16) as u32).div_ceil(WARPS * rs.max(1) as u32) * sp.sk;
-        let smem = gemm_smem(rs, nb, st) as u32;
+        let blocks = ((m / 16) as u32).div_ceil(wpb * rs.max(1) as u32) * sp.sk;
+        let smem = variant_smem(plan.variant) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
         let mut b = self.stream.launch_builder(f);
@@ -390,7 +411,7 @@ impl Gpu {
         unsafe {
             b.launch(LaunchConfig {
                 grid_dim: (blocks, 1, 1),
-                block_dim: (WARPS * 32, 1, 1),
+                block_dim: (wpb * 32, 1, 1),
                 shared_mem_bytes: smem,
             })
         }
@@ -475,14 +496,14 @@ impl Gpu {
                 continue;
             }
             for variant in variants_for(rs, n) {
-                let cta_groups = ((m / 16) as u32).div_ceil(WARPS * rs.max(1) as u32);
+                let wpb = GEMM_VARIANTS[variant].4;
+                let cta_groups = ((m / 16) as u32).div_ceil(wpb * rs.max(1) as u32);
                 // Splits that fill whole waves of resident blocks, and a few
                 // that overshoot them.
-                let (_, nb, st, _) = GEMM_VARIANTS[variant];
                 let per_sm = self.gemm_fns[variant]
                     .occupancy_max_active_blocks_per_multiprocessor(
-                        WARPS * 32,
-                        gemm_smem(rs, nb, st),
+                        wpb * 32,
+                        variant_smem(variant),
                         None,
                     )
                     .unwrap_or(1)
@@ -556,7 +577,7 @@ pub fn variant_for(rs: usize, n: usize) -> Option<usize> {
     let need = n.div_ceil(8);
     GEMM_VARIANTS
         .iter()
-        .position(|&(r, b, _, _)| r == rs && b >= need)
+        .position(|&(r, b, _, _, _)| r == rs && b >= need)
 }
 
 /// Every variant with `rs` strips a warp and the fewest column blocks covering `n`.
