@@ -57,6 +57,13 @@ pub fn variant_smem(variant: usize) -> usize {
     }
 }
 
+/// Blocks one k split of `variant` launches for `m` rows: a warp per strip
+/// (warp-independent kernel) or per `rs` strips (block-staged kernel).
+fn block_groups(m: usize, variant: usize) -> u32 {
+    let (rs, _, _, _, wpb) = GEMM_VARIANTS[variant];
+    ((m / 16) as u32).div_ceil(wpb * rs.max(1) as u32)
+}
+
 /// Dynamic shared memory of a fused variant's block.
 pub fn gemm_smem(rs: usize, nb: usize, stages: usize) -> usize {
     zipserv_kernels::geometry::zipgemm_smem_bytes(rs, nb, stages)
@@ -288,7 +295,8 @@ impl Gpu {
             b.launch(LaunchConfig {
                 grid_dim: (blocks, 1, 1),
                 block_dim: (WARPS * 32, 1, 1),
-                shared_mem_bytes: gemm_smem(0, 0, 0) as u32,
+                // One exception scratch a warp.
+                shared_mem_bytes: WARPS * zipserv_kernels::geometry::ZG_SCRATCH as u32,
             })
         }
         .map_err(gpu_err)?;
@@ -299,14 +307,12 @@ impl Gpu {
     /// multiprocessor, one strip a warp.
     pub fn default_plan(&self, m: usize, k: usize, n: usize) -> Plan {
         let kt = (k / 64) as u32;
-        let (rs, variant) = match (variant_for(0, n), variant_for(1, n)) {
-            (Some(v), _) => (1, v),
-            (None, Some(v)) => (1, v),
-            (None, None) => (2, variant_for(2, n).expect("n <= FUSED_MAX_N")),
-        };
-        let cta_groups = ((m / 16) as u32).div_ceil(WARPS * rs);
+        let variant = [0, 1, 2]
+            .into_iter()
+            .find_map(|rs| variant_for(rs, n))
+            .expect("n <= FUSED_MAX_N");
         let sk = (self.sms * 3)
-            .div_ceil(cta_groups)
+            .div_ceil(block_groups(m, variant))
             .clamp(1, kt.div_ceil(2).max(1));
         Plan {
             variant,
@@ -389,7 +395,7 @@ impl Gpu {
         }
         let f = &self.gemm_fns[plan.variant];
         let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
-        let blocks = ((m / 16) as u32).div_ceil(wpb * rs.max(1) as u32) * sp.sk;
+        let blocks = block_groups(m, plan.variant) * sp.sk;
         let smem = variant_smem(plan.variant) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
@@ -497,7 +503,7 @@ impl Gpu {
             }
             for variant in variants_for(rs, n) {
                 let wpb = GEMM_VARIANTS[variant].4;
-                let cta_groups = ((m / 16) as u32).div_ceil(wpb * rs.max(1) as u32);
+                let cta_groups = block_groups(m, variant);
                 // Splits that fill whole waves of resident blocks, and a few
                 // that overshoot them.
                 let per_sm = self.gemm_fns[variant]
