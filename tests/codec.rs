@@ -196,7 +196,7 @@ fn golden_layout() {
         for c in 0..8 {
             let code = 5 + ((r + c) % 3) as u64;
             if !(r == 0 && c == 1) {
-                want |= (code & 1) << (8 * r + c);
+                want |= (code & 1) << ft_pos(r, c);
             }
         }
     }

@@ -39,15 +39,6 @@ impl DeviceMatrix {
             u32::from_le_bytes([t[4], t[5], t[6], t[7]]),
         )
     }
-    /// Largest exception count of any half tile.
-    pub fn max_exceptions(&self) -> u32 {
-        self.exc_off
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Check that every array agrees with the shape and that every exception
     /// entry stays inside its half tile, so no kernel can read out of bounds.
     pub fn validate(&self) -> Result<()> {

@@ -47,15 +47,3 @@ pub fn choose_base(hist: &[u64; 256]) -> (u8, u64) {
     }
     best
 }
-
-/// Code of an element: `e - B` when in `1..=7`, else 0.
-#[inline(always)]
-pub fn code_of(x: u16, base: u8) -> u8 {
-    let e = ((x >> 7) & 0xff) as u8;
-    let c = e.wrapping_sub(base);
-    if (1..=7).contains(&c) {
-        c
-    } else {
-        0
-    }
-}

@@ -65,12 +65,6 @@ pub const fn ft_pos(r: usize, c: usize) -> usize {
     8 * r + c
 }
 
-/// The lane of a warp that owns position `p` of every FT (`p = 2l, 2l+1`).
-#[inline(always)]
-pub const fn ft_lane_of(p: usize) -> usize {
-    p / 2
-}
-
 // ---------------------------------------------------------------------------
 // Device layout ZSD1
 // ---------------------------------------------------------------------------
