@@ -81,9 +81,10 @@ fn input_size(files: &[PathBuf]) -> u64 {
         .sum()
 }
 
-/// Run `work` on a temporary directory beside `output`, then move it into
-/// place: no partial output is left if anything fails.
-fn with_output_dir(output: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// Build a directory atomically: `work` fills a temporary directory beside
+/// `output`, renamed into place when it succeeds. An existing non-empty
+/// `output` is refused; no partial output is left if anything fails.
+pub fn with_output_dir(output: &Path, work: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if output.exists() {
         let empty = std::fs::read_dir(output)
             .map(|mut d| d.next().is_none())

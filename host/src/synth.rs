@@ -48,6 +48,27 @@ pub fn student_t_bf16(n: usize, std: f64, seed: u64) -> Vec<u16> {
     out
 }
 
+/// Like [`student_t_bf16`] for large `n` (synthetic models of billions of
+/// weights): each element is drawn uniformly, by a hash of its index, from a
+/// pool of 2^22 Student-t(5) samples, about 20x faster than sampling each.
+pub fn student_t_fast_bf16(n: usize, std: f64, seed: u64) -> Vec<u16> {
+    const POOL: usize = 1 << 22;
+    if n <= POOL {
+        return student_t_bf16(n, std, seed);
+    }
+    let pool = student_t_bf16(POOL, std, seed);
+    let mut out = vec![0u16; n];
+    out.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = Rng::new(seed ^ 0x5851_F42D_4C95_7F2D ^ i as u64);
+            for x in chunk {
+                *x = pool[(rng.next_u64() >> 42) as usize];
+            }
+        });
+    out
+}
+
 /// `n` BF16 bit patterns, uniform in `[-a, a]`.
 pub fn uniform_bf16(n: usize, a: f32, seed: u64) -> Vec<u16> {
     let mut out = vec![0u16; n];

@@ -19,7 +19,7 @@ pub const WARPS: u32 = ZG_WARPS as u32;
 global_asm!(".extern .shared .align 16 .b8 zs_dyn[];");
 
 #[inline(always)]
-fn smem_base() -> u32 {
+pub(crate) fn smem_base() -> u32 {
     let base: u32;
     unsafe { asm!("mov.u32 {0}, zs_dyn;", out(reg32) base, options(pure, nomem, nostack)) };
     base
@@ -38,7 +38,7 @@ unsafe fn cp_async16_zfill(dst: u32, src: *const u8, valid: bool) {
 }
 
 #[inline(always)]
-fn bar_sync() {
+pub(crate) fn bar_sync() {
     unsafe { asm!("bar.sync 0;", options(nostack)) };
 }
 
@@ -186,7 +186,7 @@ fn mma(acc: &mut [f32; 4], a: &[u32; 4], b0: u32, b1: u32) {
 }
 
 #[inline(always)]
-fn f32_to_bf16(x: f32) -> u16 {
+pub(crate) fn f32_to_bf16(x: f32) -> u16 {
     let d: u16;
     unsafe {
         asm!("cvt.rn.bf16.f32 {0}, {1};", out(reg16) d, in(reg32) x, options(pure, nomem, nostack))
@@ -398,6 +398,49 @@ pub unsafe extern "gpu-kernel" fn zs_decompress(
         cur = nt;
         cb = nb;
         tile = next;
+    }
+}
+
+/// Row gather (embedding lookup straight from the device layout): `out[i]` is
+/// row `ids[i]` of the `rows x cols` matrix, for `i < n`. One warp decodes
+/// one 16x64 tile of the row's strip and writes the row's 64 values; ids past
+/// the last row read the last row (the host checks ids first).
+#[no_mangle]
+pub unsafe extern "gpu-kernel" fn zs_gather_rows(
+    records: *const u8,
+    exc_off: *const u32,
+    exc: *const u16,
+    tab_lo: u32,
+    tab_hi: u32,
+    ids: *const u32,
+    n: u32,
+    out: *mut u16,
+    rows: u32,
+    cols: u32,
+) {
+    let (lane, warp) = lane_warp();
+    let scratch = smem_base() + warp * ZG_SCRATCH as u32;
+    let kt = cols / DT_COLS as u32;
+    let step = _grid_dim_x() as u32 * WARPS;
+    let mut w = _block_idx_x() as u32 * WARPS + warp;
+    let (r0, q) = (lane / 4, lane % 4);
+    while w < n * kt {
+        let (i, ktile) = (w / kt, w % kt);
+        let r = (*ids.add(i as usize)).min(rows - 1);
+        let tile = (r / 16) * kt + ktile;
+        let cur = load_tile(records, tile, lane);
+        let cb = load_exc_bounds(exc_off, tile);
+        let ce = load_exc_first(exc, cb, lane);
+        for half in 0..2usize {
+            let a = decode_half(&cur, half, (tab_lo, tab_hi), exc, &cb, &ce, lane, scratch);
+            let dst = out.add((i * cols + ktile * 64 + 32 * half as u32 + 8 * q) as usize);
+            if r0 == r % 16 {
+                st_global_v4(dst, [a[0], a[2], a[4], a[6]]);
+            } else if r0 + 8 == r % 16 {
+                st_global_v4(dst, [a[1], a[3], a[5], a[7]]);
+            }
+        }
+        w += step;
     }
 }
 

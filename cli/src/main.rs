@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use zipserv::ops::{self, Progress};
 
+mod llm;
+
 #[derive(Parser)]
 #[command(
     name = "zipserv",
@@ -50,6 +52,21 @@ enum Cmd {
     Bench(zipserv::gpu::bench::BenchArgs),
     /// GPU correctness tests (bit-exact decompression, GEMM against an FP64 reference).
     GpuTest(zipserv::gpu::bench::TestArgs),
+    /// Convert a llama-architecture GGUF file (quantized or not) into a BF16
+    /// model directory (safetensors, config.json, tokenizer.json).
+    ImportGguf {
+        gguf: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Generate text with a Llama-family model directory, compressed or not.
+    Generate(llm::GenerateArgs),
+    /// Greedy generation with compressed and with BF16 weights of one model,
+    /// compared token for token (divergences explained by logit margins).
+    Compare(llm::CompareArgs),
+    /// End-to-end decode benchmark: a Llama-shaped model with synthetic
+    /// weights, compressed vs BF16, tokens/s and weight memory.
+    BenchE2e(llm::BenchE2eArgs),
 }
 
 struct Bar(Option<ProgressBar>);
@@ -91,7 +108,7 @@ fn gib(b: u64) -> String {
     format!("{:.3} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-fn run(cli: Cli) -> zipserv::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Compress { input, output } => {
             let t = std::time::Instant::now();
@@ -195,6 +212,10 @@ fn run(cli: Cli) -> zipserv::Result<()> {
         }
         Cmd::Bench(a) => zipserv::gpu::bench::bench(&a)?,
         Cmd::GpuTest(a) => zipserv::gpu::bench::gpu_test(&a)?,
+        Cmd::ImportGguf { gguf, output } => llm::import_gguf(&gguf, &output, cli.quiet)?,
+        Cmd::Generate(a) => llm::generate(&a, cli.quiet)?,
+        Cmd::Compare(a) => llm::compare(&a, cli.quiet)?,
+        Cmd::BenchE2e(a) => llm::bench_e2e(&a, cli.quiet)?,
     }
     Ok(())
 }
@@ -204,8 +225,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("zipserv: error: {e}");
-            ExitCode::from(e.exit_code() as u8)
+            eprintln!("zipserv: error: {e:#}");
+            let code = e
+                .downcast_ref::<zipserv::Error>()
+                .map(|z| z.exit_code())
+                .unwrap_or(2);
+            ExitCode::from(code as u8)
         }
     }
 }
