@@ -125,15 +125,37 @@ impl ZipLinear {
     /// Tune the fused kernel's launch for `n` rows of activations (CUDA; a
     /// no-op on the CPU). Plans are kept per shape by the device's runtime.
     pub fn tune(&self, n: usize) -> Result<()> {
+        ZipLinear::tune_group(&[self], n)
+    }
+
+    /// Tune one plan for layers of one shape, timing them in turn (`group`:
+    /// several layers of the same shape, so that the weights come from memory,
+    /// not from L2, as they do in a model's forward pass).
+    pub fn tune_group(group: &[&ZipLinear], n: usize) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if let Weight::Gpu { gpu, lin } = &*self.weight {
-            if n <= lin.crossover.min(zipserv::gpu::FUSED_MAX_N) {
-                let x = gpu.stream.alloc_zeros::<u16>(n * self.cols).map_err(err)?;
-                let y = gpu.stream.alloc_zeros::<u16>(n * self.rows).map_err(err)?;
-                gpu.tune(&[&lin.weight], gpu.ptr(&x), gpu.ptr(&y), n).map_err(err)?;
+        {
+            let mut mats = Vec::new();
+            let mut gpu = None;
+            for z in group {
+                if let Weight::Gpu { gpu: g, lin } = &*z.weight {
+                    if n > lin.crossover.min(zipserv::gpu::FUSED_MAX_N) {
+                        return Ok(());
+                    }
+                    if (lin.weight.rows, lin.weight.cols) != (group[0].rows, group[0].cols) {
+                        return Err(err("tune_group: layers of different shapes"));
+                    }
+                    mats.push(&lin.weight);
+                    gpu = Some(g);
+                }
+            }
+            if let Some(gpu) = gpu {
+                let (m, k) = (group[0].rows, group[0].cols);
+                let x = gpu.stream.alloc_zeros::<u16>(n * k).map_err(err)?;
+                let y = gpu.stream.alloc_zeros::<u16>(n * m).map_err(err)?;
+                gpu.tune(&mats, gpu.ptr(&x), gpu.ptr(&y), n).map_err(err)?;
             }
         }
-        let _ = n;
+        let _ = (group, n);
         Ok(())
     }
 }

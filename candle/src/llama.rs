@@ -273,7 +273,7 @@ impl WeightSource for Synthetic {
         Ok((zipserv::synth::student_t_fast_bf16(n, 0.02, seed), shape))
     }
     fn has(&self, name: &str) -> bool {
-        !name.ends_with(".bias") && !(self.cfg.tie_word_embeddings && name == "lm_head.weight")
+        !(name.ends_with(".bias") || self.cfg.tie_word_embeddings && name == "lm_head.weight")
     }
 }
 
@@ -478,14 +478,25 @@ impl Llama {
         (lin, lin + other)
     }
 
-    /// Tune the compressed layers' fused kernels for `n` rows of activations.
+    /// Tune the compressed layers' fused kernels for `n` rows of activations:
+    /// one plan per shape, timed over all the layers of that shape in turn
+    /// (weights from memory, as in a forward pass).
     pub fn tune(&self, n: usize) -> Result<()> {
-        // Layers of one shape share a plan: tune the first of each.
-        let l = &self.layers[0];
-        for lin in [&l.qkv, &l.o, &l.gate_up, &l.down, &self.lm_head] {
-            lin.tune(n)?;
+        let pick = |f: &dyn Fn(&Layer) -> &Linear| -> Vec<&ZipLinear> {
+            self.layers
+                .iter()
+                .filter_map(|l| match f(l) {
+                    Linear::Zip(z) => Some(z),
+                    Linear::Dense { .. } => None,
+                })
+                .collect()
+        };
+        for group in [pick(&|l| &l.qkv), pick(&|l| &l.o), pick(&|l| &l.gate_up), pick(&|l| &l.down)] {
+            if !group.is_empty() {
+                ZipLinear::tune_group(&group, n)?;
+            }
         }
-        Ok(())
+        self.lm_head.tune(n)
     }
 
     /// Median seconds of the linear layers alone (every layer's four
@@ -505,6 +516,35 @@ impl Llama {
                 l.down.forward(&xi)?;
             }
             self.lm_head.forward(&xh)?;
+            self.dev.synchronize()?;
+            if i >= warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    /// Median seconds of the attention part of one decode step alone (every
+    /// layer's RoPE + cache append and attention, at the cache's length; the
+    /// appended slot is the one the next step overwrites).
+    pub fn attention_only(&self, cache: &KvCache, warmup: usize, runs: usize) -> Result<f64> {
+        let step = Step {
+            shape: self.shape,
+            batch: cache.batch,
+            pos0: cache.pos,
+            t_len: 1,
+        };
+        let qkv = Tensor::zeros((cache.batch, self.shape.qkv_width()), DType::BF16, &self.dev)?;
+        let scale = 1.0 / (self.shape.head_dim as f32).sqrt();
+        let mut times = Vec::with_capacity(runs);
+        for i in 0..warmup + runs {
+            self.dev.synchronize()?;
+            let t = std::time::Instant::now();
+            for c in &cache.layers {
+                ops::rope_append(c, &qkv, &self.rope, step)?;
+                ops::attention(&qkv, c, &self.rope, step, scale)?;
+            }
             self.dev.synchronize()?;
             if i >= warmup {
                 times.push(t.elapsed().as_secs_f64());

@@ -262,14 +262,13 @@ impl Step {
                 for i in 0..half {
                     let (x0, x1) = (bf(qr[i]), bf(qr[i + half]));
                     let (c, sn) = (rope[p * half + i], rope[s.max_len * half + p * half + i]);
-                    q[i] = rb(x0 * c - x1 * sn);
-                    q[i + half] = rb(x1 * c + x0 * sn);
+                    q[i] = rb(x0 * c - x1 * sn) * scale;
+                    q[i + half] = rb(x1 * c + x0 * sn) * scale;
                 }
                 let mut m = f32::NEG_INFINITY;
                 for (t, st) in sc.iter_mut().enumerate().take(p + 1) {
                     let k = &cache[self.cache_at(b, g, t)..];
-                    let dot: f32 = (0..d).map(|j| q[j] * bf(k[j])).sum();
-                    *st = dot * scale;
+                    *st = (0..d).map(|j| q[j] * bf(k[j])).sum();
                     m = m.max(*st);
                 }
                 let mut sum = 0f32;

@@ -63,8 +63,10 @@ fn fused_ops_on_cuda_match_the_cpu() {
         };
         let (g, c) = (on(&gpu), on(&cpu));
         assert!(g.0.iter().zip(&c.0).all(|(a, b)| a.to_bits() == b.to_bits()), "residual add differs");
-        within(&g.1, &c.1, 1.0, 0.0, &format!("add+rmsnorm {rows}x{cols}"));
-        within(&g.2, &c.2, 1.0, 0.0, &format!("rmsnorm {rows}x{cols}"));
+        // The GPU sums the squares in another order: the normalised value may
+        // round the other way before the weight multiplies it (2 ulps).
+        within(&g.1, &c.1, 2.0, 0.0, &format!("add+rmsnorm {rows}x{cols}"));
+        within(&g.2, &c.2, 2.0, 0.0, &format!("rmsnorm {rows}x{cols}"));
     }
     let gu = rand_bf16(5 * 2 * 1536, 8.0, s0 + 3);
     let f = |dev: &Device| host(&ops::silu_mul(&Tensor::from_vec(gu.clone(), (5, 3072), dev).unwrap()).unwrap());

@@ -149,8 +149,8 @@ fn fused_ops_match_fp64_formulas() {
     let mut all_rows: Vec<Vec<bf16>> = vec![Vec::new(); b]; // per sequence, qkv rows in order
     for (pos0, t_len, seed) in [(0usize, 3usize, 10u64), (3, 1, 11)] {
         let qkv = rand_bf16(b * t_len * w_, 1.0, seed);
-        for bi in 0..b {
-            all_rows[bi].extend_from_slice(&qkv[bi * t_len * w_..(bi + 1) * t_len * w_]);
+        for (bi, rows) in all_rows.iter_mut().enumerate() {
+            rows.extend_from_slice(&qkv[bi * t_len * w_..(bi + 1) * t_len * w_]);
         }
         let step = Step { shape, batch: b, pos0, t_len };
         let qt = t(&qkv, &[b * t_len, w_]);
@@ -253,7 +253,7 @@ fn smollm2_from_gguf_generates_text_compressed_and_not() {
     let mut outs = Vec::new();
     for mode in [Weights::Zip, Weights::Bf16] {
         let m = Llama::load(&Checkpoint::load(&zip).unwrap(), cfg.clone(), mode, 64, &dev, &no_progress).unwrap();
-        let out = m.generate(&[ids.clone()], 6, &mut Sampler::Greedy, &mut |_, _| {}).unwrap();
+        let out = m.generate(std::slice::from_ref(&ids), 6, &mut Sampler::Greedy, &mut |_, _| {}).unwrap();
         outs.push(out[0].clone());
     }
     assert_eq!(outs[0], outs[1], "compressed and BF16 weights disagree on the CPU");

@@ -226,7 +226,7 @@ pub fn generate(a: &GenerateArgs, quiet: bool) -> Result<()> {
         let mut stream: Vec<u32> = Vec::new();
         let mut printed = 0usize;
         print!("{p}");
-        let out = model.generate(&[ids.clone()], a.max_new, &mut sampler, &mut |next, _| {
+        let out = model.generate(std::slice::from_ref(&ids), a.max_new, &mut sampler, &mut |next, _| {
             first.get_or_insert(t0.elapsed().as_secs_f64());
             stream.push(next[0]);
             // Print the text as it grows (decoding the whole stream keeps
@@ -417,6 +417,9 @@ struct E2eRow {
     tok_s: f64,
     step_ms: f64,
     linear_ms: f64,
+    attn_ms: f64,
+    /// Host time to enqueue a step (forward() returning, before the sync).
+    enqueue_ms: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -442,25 +445,31 @@ fn bench_mode(model: &Llama, a: &BenchE2eArgs, quiet: bool) -> Result<Vec<E2eRow
             next = Sampler::Greedy.sample(&model.forward(&mut cache, &next, 1)?)?;
         }
         let mut steps = Vec::with_capacity(a.new);
+        let mut enq = Vec::with_capacity(a.new);
         let t0 = Instant::now();
         for _ in 0..a.new {
             let t = Instant::now();
-            next = Sampler::Greedy.sample(&model.forward(&mut cache, &next, 1)?)?;
+            let logits = model.forward(&mut cache, &next, 1)?;
+            enq.push(t.elapsed().as_secs_f64());
+            next = Sampler::Greedy.sample(&logits)?;
             steps.push(t.elapsed().as_secs_f64());
         }
         let total = t0.elapsed().as_secs_f64();
-        // The linear layers alone at this batch (same kernels, same shapes).
+        // The parts alone at this batch (same kernels, same shapes).
         let lin = model.linears_only(b, 3, 20)?;
+        let attn = model.attention_only(&cache, 3, 20)?;
         let r = E2eRow {
             batch: b,
             tok_s: (b * a.new) as f64 / total,
             step_ms: median(steps) * 1e3,
             linear_ms: lin * 1e3,
+            attn_ms: attn * 1e3,
+            enqueue_ms: median(enq) * 1e3,
         };
         if !quiet {
             eprintln!(
-                "  {:?} batch {b}: {:.1} tokens/s, step {:.3} ms (linear layers {:.3} ms)",
-                model.mode, r.tok_s, r.step_ms, r.linear_ms
+                "  {:?} batch {b}: {:.1} tokens/s, step {:.3} ms (linear layers {:.3} ms, attention {:.3} ms, host enqueue {:.3} ms)",
+                model.mode, r.tok_s, r.step_ms, r.linear_ms, r.attn_ms, r.enqueue_ms
             );
         }
         rows.push(r);
@@ -531,7 +540,7 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
     let (_, ball, blin, br) = &res[1];
     let name = format!("{}-synthetic-{}L", a.shape, cfg.num_hidden_layers);
     let mut csv = String::from(
-        "model,batch,compressed_tok_s,bf16_tok_s,speedup,compressed_weight_gib,bf16_weight_gib,weight_ratio,compressed_linear_gib,bf16_linear_gib,compressed_step_ms,bf16_step_ms,compressed_linear_ms,bf16_linear_ms,context,new_tokens,card\n",
+        "model,batch,compressed_tok_s,bf16_tok_s,speedup,compressed_weight_gib,bf16_weight_gib,weight_ratio,compressed_linear_gib,bf16_linear_gib,compressed_step_ms,bf16_step_ms,compressed_linear_ms,bf16_linear_ms,attention_ms,compressed_enqueue_ms,bf16_enqueue_ms,context,new_tokens,card\n",
     );
     let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
     println!(
@@ -540,7 +549,7 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
     );
     for (z, b) in zr.iter().zip(br) {
         csv.push_str(&format!(
-            "{name},{},{:.2},{:.2},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{card}\n",
+            "{name},{},{:.2},{:.2},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{card}\n",
             z.batch,
             z.tok_s,
             b.tok_s,
@@ -554,6 +563,9 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
             b.step_ms,
             z.linear_ms,
             b.linear_ms,
+            z.attn_ms,
+            z.enqueue_ms,
+            b.enqueue_ms,
             a.context,
             a.new
         ));

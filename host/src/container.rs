@@ -188,8 +188,12 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// A new temporary output file beside `dest` (renamed into place when complete).
 fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = parent_dir(dest);
+    // Readable like any other model file once renamed into place (the
+    // default for temporary files is owner-only).
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(".zipserv-out-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))
 }

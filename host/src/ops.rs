@@ -98,8 +98,10 @@ pub fn with_output_dir(output: &Path, work: impl FnOnce(&Path) -> Result<()>) ->
     }
     let parent = parent_dir(output);
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::Builder::new()
         .prefix(".zipserv-dir-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
     work(tmp.path())?;

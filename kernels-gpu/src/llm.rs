@@ -203,11 +203,35 @@ pub unsafe extern "gpu-kernel" fn zs_rope_kv(
     }
 }
 
-/// Causal attention of each new token (q roped here) over its sequence's cache (grouped
-/// query: head `h` reads kv head `h / (nh / nkv)`). Grid `(nh, rows)`; each
-/// warp takes every `nw`-th key, a lane `d / 32` consecutive dimensions
-/// (`d` a multiple of 32, at most 128). Softmax in FP32 with the scores kept
-/// in shared memory: `(lmax + 32 + nw * d) * 4` bytes.
+/// Up to 16 consecutive BF16 values (`dl` of them, a multiple of 4) as FP32,
+/// in 8-byte loads.
+#[inline(always)]
+unsafe fn load_dims(p: *const u16, dl: u32) -> [f32; 16] {
+    let mut v = [0f32; 16];
+    let mut c = 0;
+    while c < 4 {
+        if c * 4 < dl {
+            let w = *(p.add(c as usize * 4) as *const u64);
+            for e in 0..4 {
+                v[(c * 4) as usize + e] = bf((w >> (16 * e)) as u16);
+            }
+        }
+        c += 1;
+    }
+    v
+}
+
+/// Causal attention of each new token (q roped here, as `zs_rope_kv` ropes
+/// k) over its sequence's cache (grouped query: head `h` reads kv head
+/// `h / (nh / nkv)`). Grid `(nh, rows, chunks)`, any multiple of 32 threads.
+/// With more than one chunk (flash-decoding, for grids too small to fill the
+/// GPU) block `z` takes keys `z * chunk ..` and writes its running max, sum
+/// and unnormalised output to `ws[((row * nh + h) * chunks + z) * (d + 2)]`,
+/// which `zs_attn_combine` merges. Decode
+/// is latency-bound, so each warp works on 4 keys at once (8 lanes a key, a
+/// lane `d / 8` consecutive dimensions; `d` a multiple of 32, at most 128) and
+/// two such groups are loaded before either is used. Softmax in FP32 with the
+/// scores in shared memory: `(lmax + 32 + nw * d) * 4` bytes.
 #[no_mangle]
 pub unsafe extern "gpu-kernel" fn zs_attention(
     qkv: *const u16,
@@ -223,67 +247,86 @@ pub unsafe extern "gpu-kernel" fn zs_attention(
     d: u32,
     lmax: u32,
     scale: f32,
+    ws: *mut f32,
+    chunk: u32,
 ) {
     let (h, bt) = (_block_idx_x() as u32, _block_idx_y() as u32);
+    let (c, chunks) = (_block_idx_z() as u32, _grid_dim_z() as u32);
     let (b, p) = (bt / t_len, pos0 + bt % t_len);
     let n = p + 1;
+    let (t0, t1) = if chunks == 1 {
+        (0, n)
+    } else {
+        ((c * chunk).min(n), ((c + 1) * chunk).min(n))
+    };
     let g = h / (nh / nkv);
     let (lane, warp, nw) = (tid() & 31, tid() / 32, nthreads() / 32);
-    let dl = d / 32;
+    let (slot, s) = (lane / 8, lane % 8);
+    let dl = d / 8;
+    let half = d / 2;
     let width = (nh + 2 * nkv) * d;
     let s_at = smem_base();
     let red = s_at + lmax * 4;
     let o_at = red + 128;
 
-    // q, roped as zs_rope_kv ropes k: lane l holds dimensions l*dl.., its
-    // rotate-half partner is lane l ^ 16.
-    let qr = qkv.add((bt * width + h * d + lane * dl) as usize);
-    let half = d / 2;
-    let mut q = [0f32; 4];
-    for (j, qj) in q.iter_mut().enumerate() {
-        let x = if (j as u32) < dl { bf(*qr.add(j)) } else { 0.0 };
-        let other = shfl_xor(x, 16);
-        let i = ((lane * dl + j as u32) % half) as usize;
-        let (c, s) = if (j as u32) < dl {
-            (*cos.add((p * half) as usize + i), *sin.add((p * half) as usize + i))
-        } else {
-            (0.0, 0.0)
-        };
-        *qj = if lane < 16 {
-            round_bf(x * c - other * s)
-        } else {
-            round_bf(x * c + other * s)
-        };
+    // q (roped; the rotate-half partner of lane s is lane s ^ 4), pre-scaled.
+    let raw = load_dims(qkv.add((bt * width + h * d + s * dl) as usize), dl);
+    let mut q = [0f32; 16];
+    for j in 0..16usize {
+        let other = shfl_xor(raw[j], 4);
+        if (j as u32) < dl {
+            let i = ((s * dl + j as u32) % half + p * half) as usize;
+            let (c, sn) = (*cos.add(i), *sin.add(i));
+            q[j] = if s < 4 {
+                round_bf(raw[j] * c - other * sn)
+            } else {
+                round_bf(raw[j] * c + other * sn)
+            } * scale;
+        }
     }
-    let cache = (((b * nkv + g) * lmax) * d + lane * dl) as usize;
+    let cache = (((b * nkv + g) * lmax) * d + s * dl) as usize;
     let (kr, vr) = (kc.add(cache), vc.add(cache));
+    let stride = nw * 4;
 
-    let mut t = warp;
-    while t < n {
-        let k = kr.add((t * d) as usize);
-        let mut dot = 0f32;
-        for (j, qj) in q.iter().enumerate() {
-            if (j as u32) < dl {
-                dot += qj * bf(*k.add(j));
+    // Scores: key t = (warp * 4 + slot) + i * stride. The loop runs on a
+    // warp-uniform base (the shuffles need every lane).
+    let mut base = t0 + warp * 4;
+    while base < t1 {
+        let t = base + slot;
+        let t2 = t + stride;
+        let k1 = if t < t1 { load_dims(kr.add((t * d) as usize), dl) } else { [0f32; 16] };
+        let k2 = if t2 < t1 { load_dims(kr.add((t2 * d) as usize), dl) } else { [0f32; 16] };
+        let (mut d1, mut d2) = (0f32, 0f32);
+        for j in 0..16 {
+            d1 += q[j] * k1[j];
+            d2 += q[j] * k2[j];
+        }
+        for m in [1u32, 2, 4] {
+            d1 += shfl_xor(d1, m);
+            d2 += shfl_xor(d2, m);
+        }
+        if s == 0 {
+            if t < t1 {
+                sts(s_at + (t - t0) * 4, d1);
+            }
+            if t2 < t1 {
+                sts(s_at + (t2 - t0) * 4, d2);
             }
         }
-        let dot = warp_sum(dot);
-        if lane == 0 {
-            sts(s_at + t * 4, dot * scale);
-        }
-        t += nw;
+        base += 2 * stride;
     }
     bar_sync();
+    let len = t1 - t0;
     let mut m = f32::NEG_INFINITY;
     let mut t = tid();
-    while t < n {
+    while t < len {
         m = m.max(lds(s_at + t * 4));
         t += nthreads();
     }
     let m = block_reduce::<true>(m, red);
     let mut sum = 0f32;
     let mut t = tid();
-    while t < n {
+    while t < len {
         let e = ex2((lds(s_at + t * 4) - m) * LOG2E);
         sts(s_at + t * 4, e);
         sum += e;
@@ -292,35 +335,100 @@ pub unsafe extern "gpu-kernel" fn zs_attention(
     // The reduction's barrier also publishes the exponentials.
     let sum = block_reduce::<false>(sum, red);
 
-    let mut acc = [0f32; 4];
-    let mut t = warp;
-    while t < n {
-        let pt = lds(s_at + t * 4);
-        let v = vr.add((t * d) as usize);
-        for (j, aj) in acc.iter_mut().enumerate() {
-            if (j as u32) < dl {
-                *aj += pt * bf(*v.add(j));
-            }
+    let mut acc = [0f32; 16];
+    let mut base = t0 + warp * 4;
+    while base < t1 {
+        let t = base + slot;
+        let t2 = t + stride;
+        let (p1, v1) = if t < t1 {
+            (lds(s_at + (t - t0) * 4), load_dims(vr.add((t * d) as usize), dl))
+        } else {
+            (0.0, [0f32; 16])
+        };
+        let (p2, v2) = if t2 < t1 {
+            (lds(s_at + (t2 - t0) * 4), load_dims(vr.add((t2 * d) as usize), dl))
+        } else {
+            (0.0, [0f32; 16])
+        };
+        for j in 0..16 {
+            acc[j] += p1 * v1[j] + p2 * v2[j];
         }
-        t += nw;
+        base += 2 * stride;
     }
-    for (j, aj) in acc.iter().enumerate() {
-        if (j as u32) < dl {
-            sts(o_at + (warp * d + lane * dl + j as u32) * 4, *aj);
+    // Sum the warp's 4 key slots, then the warps.
+    for a in acc.iter_mut() {
+        *a += shfl_xor(*a, 8);
+        *a += shfl_xor(*a, 16);
+    }
+    if slot == 0 {
+        for (j, a) in acc.iter().enumerate() {
+            if (j as u32) < dl {
+                sts(o_at + (warp * d + s * dl + j as u32) * 4, *a);
+            }
         }
     }
     bar_sync();
+    let dst = out.add((bt * nh * d + h * d) as usize);
+    if chunks == 1 {
+        let mut i = tid();
+        while i < d {
+            *dst.add(i as usize) = f32_to_bf16(warps_sum(o_at, nw, d, i) / sum);
+            i += nthreads();
+        }
+        return;
+    }
+    // Flash-decoding: publish this chunk's part; zs_attn_combine merges them.
+    let part = ws.add((((bt * nh + h) * chunks + c) * (d + 2)) as usize);
     let mut i = tid();
     while i < d {
-        let mut tot = 0f32;
-        let mut w = 0;
-        while w < nw {
-            tot += lds(o_at + (w * d + i) * 4);
-            w += 1;
-        }
-        *out.add((bt * nh * d + h * d + i) as usize) = f32_to_bf16(tot / sum);
+        *part.add(2 + i as usize) = warps_sum(o_at, nw, d, i);
         i += nthreads();
     }
+    if tid() == 0 {
+        *part = m;
+        *part.add(1) = sum;
+    }
+}
+
+/// The second step of a split attention: merge the `chunks` parts of each
+/// `(row, h)` (running max, sum, unnormalised output) into `out`. Grid
+/// `(nh, rows)`.
+#[no_mangle]
+pub unsafe extern "gpu-kernel" fn zs_attn_combine(ws: *const f32, out: *mut u16, nh: u32, d: u32, chunks: u32) {
+    let (h, bt) = (_block_idx_x() as u32, _block_idx_y() as u32);
+    let parts = ws.add(((bt * nh + h) * chunks * (d + 2)) as usize);
+    let mut mx = f32::NEG_INFINITY;
+    for z in 0..chunks {
+        mx = mx.max(*parts.add((z * (d + 2)) as usize));
+    }
+    let mut total = 0f32;
+    for z in 0..chunks {
+        let q = parts.add((z * (d + 2)) as usize);
+        total += *q.add(1) * ex2((*q - mx) * LOG2E);
+    }
+    let dst = out.add((bt * nh * d + h * d) as usize);
+    let mut i = tid();
+    while i < d {
+        let mut o = 0f32;
+        for z in 0..chunks {
+            let q = parts.add((z * (d + 2)) as usize);
+            o += *q.add(2 + i as usize) * ex2((*q - mx) * LOG2E);
+        }
+        *dst.add(i as usize) = f32_to_bf16(o / total);
+        i += nthreads();
+    }
+}
+
+/// Sum over the warps' partial outputs in shared memory, dimension `i`.
+#[inline(always)]
+unsafe fn warps_sum(o_at: u32, nw: u32, d: u32, i: u32) -> f32 {
+    let mut tot = 0f32;
+    let mut w = 0;
+    while w < nw {
+        tot += lds(o_at + (w * d + i) * 4);
+        w += 1;
+    }
+    tot
 }
 
 /// `out[r][i] = bf16(bf16(silu(g)) * u)` with `g = gu[r][i]`, `u = gu[r][inter + i]`.

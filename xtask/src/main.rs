@@ -19,7 +19,9 @@ const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
 /// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
 /// give 4 blocks, 80 give 3, 128 give 2).
-const MAXNREG: [(&str, u32); 6] = [
+const MAXNREG: [(&str, u32); 7] = [
+    // 512 threads: two blocks a multiprocessor.
+    ("zs_attention", 64),
     ("zs_gemm_r0_nb1", 80),
     ("zs_gemm_r0_nb2_d1", 80),
     ("zs_gemm_r0_nb1_d1c64", 64),

@@ -12,6 +12,7 @@ pub(super) struct LlmFns {
     rmsnorm: CudaFunction,
     rope_kv: CudaFunction,
     attention: CudaFunction,
+    combine: CudaFunction,
     silu_mul: CudaFunction,
 }
 
@@ -22,16 +23,19 @@ impl LlmFns {
             rmsnorm: f("zs_rmsnorm")?,
             rope_kv: f("zs_rope_kv")?,
             attention: f("zs_attention")?,
+            combine: f("zs_attn_combine")?,
             silu_mul: f("zs_silu_mul")?,
         })
     }
 }
 
-/// Threads a block of the attention kernel.
-const ATTN_THREADS: u32 = 128;
+/// Threads a block of the attention kernel (16 warps: decode attention is
+/// latency-bound, and at batch 1 there are only as many blocks as heads).
+const ATTN_THREADS: u32 = 512;
 /// Largest cache length the attention kernel keeps its scores for (48 KB of
-/// shared memory, the default limit, with the reduction scratch).
-pub const ATTN_MAX_LEN: usize = 10240;
+/// shared memory, the default limit, with the reduction scratch and the
+/// warps' partial outputs).
+pub const ATTN_MAX_LEN: usize = 8192;
 
 /// Shape of an attention layer: heads, kv heads, head dimension, cache length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,15 +206,45 @@ impl Gpu {
         );
         let nw = ATTN_THREADS / 32;
         let smem = (l + 32 + nw * d) * 4;
+        // Flash-decoding: a decode step with fewer blocks than two waves
+        // splits each sequence into chunks of at least 64 keys.
+        let rows = batch * t_len;
+        let blocks = rows * shape.heads;
+        let n = pos0 + 1;
+        let (chunks, chunk) = if t_len == 1 && blocks < 2 * self.sms as usize {
+            let want = (2 * self.sms as usize).div_ceil(blocks);
+            let chunk = n.div_ceil(want).div_ceil(64).max(1) * 64;
+            (n.div_ceil(chunk), chunk)
+        } else {
+            (1, n)
+        };
+        let ws = if chunks > 1 {
+            self.attn_scratch(blocks * chunks * (shape.head_dim + 2))?
+        } else {
+            0
+        };
+        let chunk = u(chunk);
         let mut b = self.stream.launch_builder(&self.llm.attention);
         b.arg(&qkv).arg(&kc).arg(&vc).arg(&cos).arg(&sin).arg(&out);
         b.arg(&p).arg(&t).arg(&nh).arg(&nkv).arg(&d).arg(&l).arg(&scale);
+        b.arg(&ws).arg(&chunk);
         b.launch(LaunchConfig {
-            grid_dim: (nh, u(batch * t_len), 1),
+            grid_dim: (nh, u(rows), u(chunks)),
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: smem,
         })
         .map_err(gpu_err)?;
+        if chunks > 1 {
+            let c = u(chunks);
+            let mut b = self.stream.launch_builder(&self.llm.combine);
+            b.arg(&ws).arg(&out).arg(&nh).arg(&d).arg(&c);
+            b.launch(LaunchConfig {
+                grid_dim: (nh, u(rows), 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .map_err(gpu_err)?;
+        }
         Ok(())
     }
 

@@ -150,6 +150,8 @@ struct Scratch {
     ws: Option<CudaSlice<f32>>,
     counters: Option<CudaSlice<u32>>,
     dense: Option<CudaSlice<u16>>,
+    /// Flash-decoding partials.
+    attn_ws: Option<CudaSlice<f32>>,
 }
 
 /// One GPU with the zipserv kernels loaded.
@@ -233,6 +235,7 @@ impl Gpu {
                 ws: None,
                 counters: None,
                 dense: None,
+                attn_ws: None,
             }),
             tuned: Mutex::new(HashMap::new()),
         })
@@ -404,6 +407,15 @@ impl Gpu {
             self.ptr(s.counters.as_ref().unwrap()),
             s.dense.as_ref().map(|d| self.ptr(d)).unwrap_or(0),
         ))
+    }
+
+    /// The attention kernel's flash-decoding workspace (`ws` floats): address.
+    fn attn_scratch(&self, ws: usize) -> Result<u64> {
+        let mut s = self.scratch.lock().unwrap();
+        if s.attn_ws.as_ref().is_none_or(|w| w.len() < ws) {
+            s.attn_ws = Some(self.stream.alloc_zeros::<f32>(ws.max(1)).map_err(gpu_err)?);
+        }
+        Ok(self.ptr(s.attn_ws.as_ref().unwrap()))
     }
 
     /// Reserve the workspaces for matrices up to `max_m x max_k` and N up to
