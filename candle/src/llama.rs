@@ -6,7 +6,7 @@
 //! launches on CUDA (see [`crate::ops`]).
 use crate::ops::{self, AttnShape, Step};
 use crate::{bits_tensor, err, Checkpoint, ZipLinear};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The fields of a Hugging Face `config.json` this decoder reads.
@@ -664,7 +664,7 @@ pub enum Sampler {
 impl Sampler {
     pub fn sample(&mut self, logits: &Tensor) -> Result<Vec<u32>> {
         match self {
-            Sampler::Greedy => logits.argmax(D::Minus1)?.to_vec1::<u32>(),
+            Sampler::Greedy => ops::argmax(logits)?.to_vec1::<u32>(),
             Sampler::Sample { temperature, top_p, rng } => {
                 let l: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
                 Ok(l.iter().map(|row| sample_row(row, *temperature, *top_p, rng)).collect())

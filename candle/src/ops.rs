@@ -415,6 +415,48 @@ pub fn silu_mul(gu: &Tensor) -> Result<Tensor> {
     gu.contiguous()?.apply_op1_no_bwd(&SiluMul)
 }
 
+// ---------------------------------------------------------------- argmax
+
+struct Argmax;
+
+impl candle_core::CustomOp1 for Argmax {
+    fn name(&self) -> &'static str {
+        "zipserv-argmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice::<bf16>(s, l)?;
+        let (rows, cols) = l.shape().dims2()?;
+        let out = (0..rows)
+            .map(|r| {
+                let (mut best, mut bi) = (f32::NEG_INFINITY, None);
+                for (i, v) in x[r * cols..(r + 1) * cols].iter().enumerate() {
+                    if bf(*v) > best {
+                        best = bf(*v);
+                        bi = Some(i as u32);
+                    }
+                }
+                bi.unwrap_or(0)
+            })
+            .collect();
+        Ok((CpuStorage::U32(out), Shape::from(rows)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::argmax(s, l)
+    }
+}
+
+/// Index of the largest value of each row of `x` (`[rows, cols]` BF16, `cols`
+/// a multiple of 8): the first among equals, NaNs ignored. `[rows]` U32.
+pub fn argmax(x: &Tensor) -> Result<Tensor> {
+    check_bf16(x, "argmax input")?;
+    let (_, cols) = x.dims2()?;
+    if cols % 8 != 0 {
+        bail!("argmax: rows of {cols}, expected a multiple of 8")
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Argmax)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{RmsNorm, Step};
@@ -467,6 +509,17 @@ mod cuda {
         }
         .map_err(crate::err)?;
         Ok((out, Shape::from((rows, s.heads * s.head_dim))))
+    }
+
+    pub(super) fn argmax(x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = &x.device;
+        let gpu = gpu_for(dev)?;
+        let (rows, cols) = l.shape().dims2()?;
+        let out = unsafe { dev.alloc::<u32>(rows.max(1)) }?;
+        let o = CudaStorage::wrap_cuda_slice(out, dev.clone());
+        unsafe { gpu.argmax(dev_ptr::<bf16>(x, l.start_offset())?, dev_ptr::<u32>(&o, 0)?, rows, cols) }
+            .map_err(crate::err)?;
+        Ok((o, Shape::from(rows)))
     }
 
     pub(super) fn silu_mul(gu: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {

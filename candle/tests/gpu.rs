@@ -68,6 +68,18 @@ fn fused_ops_on_cuda_match_the_cpu() {
         within(&g.1, &c.1, 2.0, 0.0, &format!("add+rmsnorm {rows}x{cols}"));
         within(&g.2, &c.2, 2.0, 0.0, &format!("rmsnorm {rows}x{cols}"));
     }
+    // Greedy sampling: the same index as the CPU, ties to the first.
+    let mut lg = rand_bf16(3 * 128256, 20.0, s0 + 4);
+    lg[128256 + 5000] = bf16::from_f32(100.0);
+    lg[128256 + 90000] = bf16::from_f32(100.0);
+    lg[2 * 128256 + 128255] = bf16::from_f32(1e4);
+    let am = |dev: &Device| -> Vec<u32> {
+        ops::argmax(&Tensor::from_vec(lg.clone(), (3, 128256), dev).unwrap()).unwrap().to_device(&Device::Cpu).unwrap().to_vec1().unwrap()
+    };
+    let (ga, ca) = (am(&gpu), am(&cpu));
+    assert_eq!(ga, ca, "argmax");
+    assert_eq!(&ca[1..], &[5000, 128255]);
+
     let gu = rand_bf16(5 * 2 * 1536, 8.0, s0 + 3);
     let f = |dev: &Device| host(&ops::silu_mul(&Tensor::from_vec(gu.clone(), (5, 3072), dev).unwrap()).unwrap());
     within(&f(&gpu), &f(&cpu), 1.0, 1e-6, "silu_mul");

@@ -128,6 +128,11 @@ fn fused_ops_match_fp64_formulas() {
     close(&res, &want_res, "residual");
     close(&out, &want, "rmsnorm");
 
+    // Greedy choice: the first of equal maxima, NaN never chosen.
+    let lg = vec![bf16::from_f32(1.0), bf16::NAN, bf16::from_f32(3.0), bf16::from_f32(3.0), bf16::ZERO, bf16::ZERO, bf16::ZERO, bf16::ZERO];
+    let am: Vec<u32> = ops::argmax(&t(&lg, &[1, 8])).unwrap().to_vec1().unwrap();
+    assert_eq!(am, vec![2]);
+
     // SiLU-times-up.
     let gu = rand_bf16(2 * 64, 6.0, 4);
     let o: Vec<bf16> = ops::silu_mul(&t(&gu, &[1, 128])).unwrap().flatten_all().unwrap().to_vec1().unwrap();

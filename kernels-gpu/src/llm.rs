@@ -118,9 +118,33 @@ unsafe fn block_reduce<const MAX: bool>(v: f32, scratch: u32) -> f32 {
     r
 }
 
+/// Eight BF16 values (16 bytes) as FP32.
+#[inline(always)]
+unsafe fn load8(p: *const u16) -> [f32; 8] {
+    let w = *(p as *const [u32; 4]);
+    let mut v = [0f32; 8];
+    for (i, x) in w.iter().enumerate() {
+        v[2 * i] = f32::from_bits(x << 16);
+        v[2 * i + 1] = f32::from_bits(x & 0xffff_0000);
+    }
+    v
+}
+
+/// Eight FP32 values rounded to BF16, stored as 16 bytes.
+#[inline(always)]
+unsafe fn store8(p: *mut u16, v: &[f32; 8]) {
+    let mut w = [0u32; 4];
+    for (i, x) in w.iter_mut().enumerate() {
+        *x = f32_to_bf16(v[2 * i]) as u32 | (f32_to_bf16(v[2 * i + 1]) as u32) << 16;
+    }
+    *(p as *mut [u32; 4]) = w;
+}
+
 /// RMSNorm of one row per block. With `delta` not null the row is first
 /// `v = bf16(x + delta)`, written to `res` (the residual stream), else `v = x`;
-/// then `out = bf16(bf16(v * rsqrt(mean(v^2) + eps)) * w)`.
+/// then `out = bf16(bf16(v * rsqrt(mean(v^2) + eps)) * w)`. Each thread holds
+/// up to two 8-element chunks in registers between the two passes (`cols` a
+/// multiple of 8, at most 16 times the block size).
 /// Shared memory: 128 bytes.
 #[no_mangle]
 pub unsafe extern "gpu-kernel" fn zs_rmsnorm(
@@ -134,27 +158,100 @@ pub unsafe extern "gpu-kernel" fn zs_rmsnorm(
 ) {
     let row = _block_idx_x() as usize * cols as usize;
     let add = !delta.is_null();
-    let src: *const u16 = if add { res.add(row) } else { x.add(row) };
+    let chunks = cols / 8;
+    let (c0, c1) = (tid(), tid() + nthreads());
+    let (v0, v1) = (
+        rms_load(x, delta, res, row, c0, chunks, add),
+        rms_load(x, delta, res, row, c1, chunks, add),
+    );
     let mut ss = 0f32;
-    let mut i = tid();
-    while i < cols {
-        let at = row + i as usize;
-        let mut v = *x.add(at);
-        if add {
-            v = f32_to_bf16(bf(v) + bf(*delta.add(at)));
-            *res.add(at) = v;
-        }
-        let f = bf(v);
-        ss += f * f;
-        i += nthreads();
+    for i in 0..8 {
+        ss += v0[i] * v0[i] + v1[i] * v1[i];
     }
     let tot = block_reduce::<false>(ss, smem_base());
     let r = 1.0 / sqrt_rn(tot / cols as f32 + eps);
-    let mut i = tid();
-    while i < cols {
-        let n = round_bf(bf(*src.add(i as usize)) * r);
-        *out.add(row + i as usize) = f32_to_bf16(n * bf(*w.add(i as usize)));
-        i += nthreads();
+    rms_store(&v0, w, out, row, c0, chunks, r);
+    rms_store(&v1, w, out, row, c1, chunks, r);
+}
+
+/// Chunk `c` of a row for RMSNorm (zeros past the end), the residual add
+/// applied and written back.
+#[inline(always)]
+unsafe fn rms_load(x: *const u16, delta: *const u16, res: *mut u16, row: usize, c: u32, chunks: u32, add: bool) -> [f32; 8] {
+    if c >= chunks {
+        return [0f32; 8];
+    }
+    let at = row + 8 * c as usize;
+    let mut v = load8(x.add(at));
+    if add {
+        let dv = load8(delta.add(at));
+        for i in 0..8 {
+            v[i] = round_bf(v[i] + dv[i]);
+        }
+        store8(res.add(at), &v);
+    }
+    v
+}
+
+#[inline(always)]
+unsafe fn rms_store(v: &[f32; 8], w: *const u16, out: *mut u16, row: usize, c: u32, chunks: u32, r: f32) {
+    if c >= chunks {
+        return;
+    }
+    let wv = load8(w.add(8 * c as usize));
+    let mut o = [0f32; 8];
+    for i in 0..8 {
+        o[i] = round_bf(v[i] * r) * wv[i];
+    }
+    store8(out.add(row + 8 * c as usize), &o);
+}
+
+/// Index of the largest value of each row (`rows x cols` BF16, `cols` a
+/// multiple of 8; the first index among equals; NaNs ignored), one block a row.
+/// Shared memory: 256 bytes.
+#[no_mangle]
+pub unsafe extern "gpu-kernel" fn zs_argmax(x: *const u16, out: *mut u32, cols: u32) {
+    let row = x.add(_block_idx_x() as usize * cols as usize);
+    let (mut best, mut bi) = (f32::NEG_INFINITY, u32::MAX);
+    let mut c = tid();
+    while c < cols / 8 {
+        let v = load8(row.add(8 * c as usize));
+        for (i, a) in v.iter().enumerate() {
+            if *a > best {
+                best = *a;
+                bi = 8 * c + i as u32;
+            }
+        }
+        c += nthreads();
+    }
+    // (value, index) pairs: larger value, then smaller index, wins.
+    let better = |a: f32, ai: u32, b: f32, bi: u32| b > a || (b == a && bi < ai);
+    let mut m = 16;
+    while m > 0 {
+        let (o, oi) = (shfl_xor(best, m), shfl_xor(f32::from_bits(bi), m).to_bits());
+        if better(best, bi, o, oi) {
+            best = o;
+            bi = oi;
+        }
+        m >>= 1;
+    }
+    let (lane, warp, nw) = (tid() & 31, tid() / 32, nthreads() / 32);
+    let base = smem_base();
+    if lane == 0 {
+        sts(base + warp * 4, best);
+        sts(base + 128 + warp * 4, f32::from_bits(bi));
+    }
+    bar_sync();
+    if tid() == 0 {
+        let (mut b, mut i) = (lds(base), lds(base + 128).to_bits());
+        for k in 1..nw {
+            let (o, oi) = (lds(base + k * 4), lds(base + 128 + k * 4).to_bits());
+            if better(b, i, o, oi) {
+                b = o;
+                i = oi;
+            }
+        }
+        *out.add(_block_idx_x() as usize) = if i == u32::MAX { 0 } else { i };
     }
 }
 

@@ -14,6 +14,7 @@ pub(super) struct LlmFns {
     attention: CudaFunction,
     combine: CudaFunction,
     silu_mul: CudaFunction,
+    argmax: CudaFunction,
 }
 
 impl LlmFns {
@@ -25,6 +26,7 @@ impl LlmFns {
             attention: f("zs_attention")?,
             combine: f("zs_attn_combine")?,
             silu_mul: f("zs_silu_mul")?,
+            argmax: f("zs_argmax")?,
         })
     }
 }
@@ -105,12 +107,19 @@ impl Gpu {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
+        if cols % 8 != 0 || cols > 16384 {
+            return Err(Error::invalid(format!(
+                "rmsnorm: rows of {cols}; the kernel takes multiples of 8 up to 16384"
+            )));
+        }
+        // Two 8-element chunks a thread at most.
+        let threads = (cols / 8).div_ceil(2).div_ceil(32).clamp(1, 32) * 32;
         let cols32 = u(cols);
         let mut b = self.stream.launch_builder(&self.llm.rmsnorm);
         b.arg(&x).arg(&delta).arg(&w).arg(&res).arg(&out).arg(&cols32).arg(&eps);
         b.launch(LaunchConfig {
             grid_dim: (u(rows), 1, 1),
-            block_dim: (u(cols.div_ceil(32).clamp(1, 32) * 32), 1, 1),
+            block_dim: (u(threads), 1, 1),
             shared_mem_bytes: 128,
         })
         .map_err(gpu_err)?;
@@ -161,7 +170,7 @@ impl Gpu {
         b.arg(&p).arg(&t).arg(&nh).arg(&nkv).arg(&d).arg(&l);
         b.launch(LaunchConfig {
             grid_dim: (u(batch * t_len), 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (512, 1, 1),
             shared_mem_bytes: 0,
         })
         .map_err(gpu_err)?;
@@ -267,6 +276,30 @@ impl Gpu {
             grid_dim: (u(total.div_ceil(256)).min(self.sms * 8), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
+        })
+        .map_err(gpu_err)?;
+        Ok(())
+    }
+
+    /// Index of the largest value of each row (`rows x cols` BF16, `cols` a
+    /// multiple of 8; the first among equals; NaNs ignored) into `out` (u32).
+    ///
+    /// # Safety
+    /// `x` holds `rows * cols` BF16 values, `out` `rows` u32.
+    pub unsafe fn argmax(&self, x: u64, out: u64, rows: usize, cols: usize) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        if cols == 0 || cols % 8 != 0 || cols > u32::MAX as usize {
+            return Err(Error::invalid(format!("argmax: rows of {cols}; the kernel takes multiples of 8")));
+        }
+        let c = u(cols);
+        let mut b = self.stream.launch_builder(&self.llm.argmax);
+        b.arg(&x).arg(&out).arg(&c);
+        b.launch(LaunchConfig {
+            grid_dim: (u(rows), 1, 1),
+            block_dim: (u((cols / 8).div_ceil(32).clamp(1, 32) * 32), 1, 1),
+            shared_mem_bytes: 256,
         })
         .map_err(gpu_err)?;
         Ok(())
