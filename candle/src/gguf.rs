@@ -12,7 +12,9 @@ use candle_core::Device;
 use std::path::Path;
 
 fn meta<'a>(c: &'a Content, key: &str) -> Result<&'a Value> {
-    c.metadata.get(key).ok_or_else(|| anyhow!("GGUF metadata has no {key}"))
+    c.metadata
+        .get(key)
+        .ok_or_else(|| anyhow!("GGUF metadata has no {key}"))
 }
 
 fn strings(v: &Value) -> Result<Vec<String>> {
@@ -32,7 +34,8 @@ pub fn unpermute_rows(bits: &[u16], rows: usize, cols: usize, heads: usize) -> V
             for j in 0..2 {
                 let src = h * hd + 2 * i + j;
                 let dst = h * hd + j * hd / 2 + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&bits[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&bits[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -79,10 +82,14 @@ pub struct Imported {
 /// not empty; written atomically). `progress(done, total)` counts tensors.
 pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Result<Imported> {
     let mut f = std::fs::File::open(gguf).with_context(|| gguf.display().to_string())?;
-    let c = Content::read(&mut f).map_err(|e| anyhow!("{}: not a GGUF file: {e}", gguf.display()))?;
+    let c =
+        Content::read(&mut f).map_err(|e| anyhow!("{}: not a GGUF file: {e}", gguf.display()))?;
     let arch = meta(&c, "general.architecture")?.to_string()?.clone();
     if arch != "llama" {
-        bail!("{}: architecture {arch:?}; the importer reads llama-architecture GGUF files", gguf.display());
+        bail!(
+            "{}: architecture {arch:?}; the importer reads llama-architecture GGUF files",
+            gguf.display()
+        );
     }
     let u = |k: &str| -> Result<usize> { Ok(meta(&c, &format!("{arch}.{k}"))?.to_u32()? as usize) };
     let (hidden, heads) = (u("embedding_length")?, u("attention.head_count")?);
@@ -94,7 +101,11 @@ pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Resul
         bail!("tokenizer model {model:?}: the importer builds byte-level BPE (gpt2) tokenizers");
     }
     let types: Vec<i32> = match c.metadata.get("tokenizer.ggml.token_type") {
-        Some(v) => v.to_vec()?.iter().map(|x| x.to_i32()).collect::<candle_core::Result<_>>()?,
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|x| x.to_i32())
+            .collect::<candle_core::Result<_>>()?,
         None => vec![],
     };
     // Type 3 is a control token, 4 user-defined: both matched whole.
@@ -112,7 +123,8 @@ pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Resul
         num_attention_heads: heads,
         num_key_value_heads: Some(kv),
         head_dim: Some(hidden / heads),
-        rms_norm_eps: meta(&c, &format!("{arch}.attention.layer_norm_rms_epsilon"))?.to_f32()? as f64,
+        rms_norm_eps: meta(&c, &format!("{arch}.attention.layer_norm_rms_epsilon"))?.to_f32()?
+            as f64,
         rope_theta: c
             .metadata
             .get(&format!("{arch}.rope.freq_base"))
@@ -135,14 +147,18 @@ pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Resul
     let mut params = 0;
     for (k, name) in names.iter().enumerate() {
         progress(k, names.len());
-        let hf = hf_name(name).ok_or_else(|| anyhow!("GGUF tensor {name}: no Hugging Face name known"))?;
+        let hf = hf_name(name)
+            .ok_or_else(|| anyhow!("GGUF tensor {name}: no Hugging Face name known"))?;
         let t = c
             .tensor(&mut f, name, &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))
             .map_err(|e| anyhow!("GGUF tensor {name}: {e}"))?;
         let shape = t.dims().to_vec();
         let vals: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let mut bits: Vec<u16> = vals.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        let mut bits: Vec<u16> = vals
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
         if shape.len() == 2 && (name.contains("attn_q.") || name.contains("attn_k.")) {
             let h = if name.contains("attn_q.") { heads } else { kv };
             bits = unpermute_rows(&bits, shape[0], shape[1], h);
@@ -159,7 +175,14 @@ pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Resul
         let io = |e: anyhow::Error| zipserv::Error::invalid(e.to_string());
         let list: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = tensors
             .iter()
-            .map(|(n, s, b)| (n.as_str(), safetensors::Dtype::BF16, s.clone(), bytemuck::cast_slice::<u16, u8>(b)))
+            .map(|(n, s, b)| {
+                (
+                    n.as_str(),
+                    safetensors::Dtype::BF16,
+                    s.clone(),
+                    bytemuck::cast_slice::<u16, u8>(b),
+                )
+            })
             .collect();
         zipserv::container::write_file(&dir.join("model.safetensors"), &list, &[("format", "pt")])?;
         let cfg = serde_json::json!({
@@ -168,13 +191,20 @@ pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Resul
             "converted_from": gguf.file_name().map(|n| n.to_string_lossy().to_string()),
         });
         let mut cfg_v = serde_json::to_value(&config).unwrap();
-        cfg_v.as_object_mut().unwrap().extend(cfg.as_object().unwrap().clone());
-        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg_v).unwrap())
-            .map_err(|e| zipserv::Error::io(dir, e))?;
+        cfg_v
+            .as_object_mut()
+            .unwrap()
+            .extend(cfg.as_object().unwrap().clone());
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(&cfg_v).unwrap(),
+        )
+        .map_err(|e| zipserv::Error::io(dir, e))?;
         tk.save(dir.join("tokenizer.json"), false)
             .map_err(|e| io(anyhow!("writing tokenizer.json: {e}")))?;
         let tc = serde_json::json!({ "chat_template": template });
-        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).map_err(|e| zipserv::Error::io(dir, e))?;
+        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string())
+            .map_err(|e| zipserv::Error::io(dir, e))?;
         Ok(())
     })?;
     Ok(Imported {

@@ -64,7 +64,13 @@ impl ZipLinear {
 
     /// Compress a row-major BF16 matrix for `dev`: version 1 on the CPU, the
     /// GPU layout (validated, then uploaded) on CUDA.
-    pub fn from_bits(bits: &[u16], rows: usize, cols: usize, bias: Option<Tensor>, dev: &Device) -> Result<Self> {
+    pub fn from_bits(
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+        bias: Option<Tensor>,
+        dev: &Device,
+    ) -> Result<Self> {
         match dev {
             Device::Cpu => Ok(ZipLinear::new(
                 zipserv::encode::encode(bits, rows, cols).map_err(err)?,
@@ -111,7 +117,10 @@ impl ZipLinear {
             Weight::Cpu(m) => zipserv::decode::decode(m).map_err(err),
             #[cfg(feature = "cuda")]
             Weight::Gpu { gpu, lin } => {
-                let out = gpu.stream.alloc_zeros::<u16>(self.rows * self.cols).map_err(err)?;
+                let out = gpu
+                    .stream
+                    .alloc_zeros::<u16>(self.rows * self.cols)
+                    .map_err(err)?;
                 gpu.decompress(&lin.weight, &out).map_err(err)?;
                 gpu.stream.clone_dtoh(&out).map_err(err)
             }
@@ -193,17 +202,26 @@ impl candle_core::CustomOp1 for GatherRows {
     fn name(&self) -> &'static str {
         "zipserv-gather-rows"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         candle_core::bail!("gather_rows: the weight is on a CUDA device, the ids on the CPU")
     }
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &candle_core::Layout) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
         let Weight::Gpu { gpu, lin } = &*self.0 else {
             candle_core::bail!("gather_rows: the weight is on the CPU")
         };
         let n = l.shape().dims1()?;
         let out = cuda::alloc_bf16(&s.device, n * self.1)?;
         let ids = cuda::dev_ptr::<u32>(s, l.start_offset())?;
-        unsafe { gpu.gather_rows(&lin.weight, ids, n, cuda::dev_ptr::<half::bf16>(&out, 0)?) }.map_err(err)?;
+        unsafe { gpu.gather_rows(&lin.weight, ids, n, cuda::dev_ptr::<half::bf16>(&out, 0)?) }
+            .map_err(err)?;
         Ok((out, candle_core::Shape::from((n, self.1))))
     }
 }
@@ -216,21 +234,35 @@ impl candle_core::CustomOp1 for ZipMatmul {
     fn name(&self) -> &'static str {
         "zipserv-zipgemm"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         candle_core::bail!("ZipLinear: the weight is on a CUDA device, the input on the CPU")
     }
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &candle_core::Layout) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
         let Weight::Gpu { gpu, lin } = &*self.0 else {
             candle_core::bail!("ZipLinear: the weight is on the CPU, the input on a CUDA device")
         };
         let (n, k) = l.shape().dims2()?;
         let m = self.1;
         if k != lin.weight.cols || !l.is_contiguous() {
-            candle_core::bail!("ZipLinear: input {:?} (contiguous: {}) for a {m}x{} weight", l.dims(), l.is_contiguous(), lin.weight.cols)
+            candle_core::bail!(
+                "ZipLinear: input {:?} (contiguous: {}) for a {m}x{} weight",
+                l.dims(),
+                l.is_contiguous(),
+                lin.weight.cols
+            )
         }
         let out = cuda::alloc_bf16(&s.device, n * m)?;
         let x = cuda::dev_ptr::<half::bf16>(s, l.start_offset())?;
-        lin.forward_raw(gpu, x, cuda::dev_ptr::<half::bf16>(&out, 0)?, n).map_err(err)?;
+        lin.forward_raw(gpu, x, cuda::dev_ptr::<half::bf16>(&out, 0)?, n)
+            .map_err(err)?;
         Ok((out, candle_core::Shape::from((n, m))))
     }
 }
@@ -245,11 +277,18 @@ impl Module for ZipLinear {
             #[cfg(feature = "cuda")]
             Weight::Gpu { .. } => {
                 if xs.dtype() != DType::BF16 {
-                    candle_core::bail!("ZipLinear on CUDA takes BF16 activations, got {:?}", xs.dtype())
+                    candle_core::bail!(
+                        "ZipLinear on CUDA takes BF16 activations, got {:?}",
+                        xs.dtype()
+                    )
                 }
                 let dims = xs.dims().to_vec();
                 let x2 = xs.flatten_to(dims.len().saturating_sub(2))?.contiguous()?;
-                let x2 = if dims.len() == 1 { x2.unsqueeze(0)? } else { x2 };
+                let x2 = if dims.len() == 1 {
+                    x2.unsqueeze(0)?
+                } else {
+                    x2
+                };
                 let y = x2.apply_op1_no_bwd(&ZipMatmul(self.weight.clone(), self.rows))?;
                 let mut od = dims;
                 *od.last_mut().unwrap() = self.rows;
@@ -290,14 +329,18 @@ impl Checkpoint {
                     }
                     for (name, km) in &meta.kept {
                         let t = kept_checked(&st, name, km).map_err(err)?;
-                        ck.plain
-                            .insert(name.clone(), (t.dtype(), t.shape().to_vec(), t.data().to_vec()));
+                        ck.plain.insert(
+                            name.clone(),
+                            (t.dtype(), t.shape().to_vec(), t.data().to_vec()),
+                        );
                     }
                 }
                 None => {
                     for (name, t) in st.tensors() {
-                        ck.plain
-                            .insert(name.clone(), (t.dtype(), t.shape().to_vec(), t.data().to_vec()));
+                        ck.plain.insert(
+                            name.clone(),
+                            (t.dtype(), t.shape().to_vec(), t.data().to_vec()),
+                        );
                     }
                 }
             }
@@ -326,7 +369,10 @@ impl Checkpoint {
     /// F32 and F16 ones rounded to BF16).
     pub fn bits(&self, name: &str) -> Result<(Vec<u16>, Vec<usize>)> {
         if let Some(m) = self.compressed.get(name) {
-            return Ok((zipserv::decode::decode(m).map_err(err)?, vec![m.rows, m.cols]));
+            return Ok((
+                zipserv::decode::decode(m).map_err(err)?,
+                vec![m.rows, m.cols],
+            ));
         }
         let (dt, shape, bytes) = self
             .plain
@@ -340,9 +386,15 @@ impl Checkpoint {
                 .collect(),
             safetensors::Dtype::F16 => bytes
                 .chunks_exact(2)
-                .map(|c| half::bf16::from_f32(half::f16::from_le_bytes([c[0], c[1]]).to_f32()).to_bits())
+                .map(|c| {
+                    half::bf16::from_f32(half::f16::from_le_bytes([c[0], c[1]]).to_f32()).to_bits()
+                })
                 .collect(),
-            other => return Err(err(format!("tensor {name}: dtype {other:?} is not a float type"))),
+            other => {
+                return Err(err(format!(
+                    "tensor {name}: dtype {other:?} is not a float type"
+                )))
+            }
         };
         Ok((bits, shape.clone()))
     }
@@ -365,7 +417,11 @@ impl Checkpoint {
             safetensors::Dtype::I64 => DType::I64,
             safetensors::Dtype::U32 => DType::U32,
             safetensors::Dtype::U8 => DType::U8,
-            other => return Err(err(format!("tensor {name}: dtype {other:?} is not supported here"))),
+            other => {
+                return Err(err(format!(
+                    "tensor {name}: dtype {other:?} is not supported here"
+                )))
+            }
         };
         Tensor::from_raw_buffer(bytes, dtype, shape, device)
     }
@@ -384,7 +440,10 @@ impl ZipTensors {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let ck = Checkpoint::load(path)?;
         if !ck.any_compressed() {
-            return Err(err(format!("{}: not a zipserv-compressed file", path.display())));
+            return Err(err(format!(
+                "{}: not a zipserv-compressed file",
+                path.display()
+            )));
         }
         Ok(ZipTensors {
             ck,

@@ -77,8 +77,14 @@ impl Config {
     /// End-of-sequence tokens.
     pub fn eos(&self) -> Vec<u32> {
         match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|x| x as u32).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|x| x as u32).into_iter().collect()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             _ => vec![],
         }
     }
@@ -90,7 +96,10 @@ impl Config {
             .collect();
         if let Some(s) = &self.rope_scaling {
             if s.rope_type != "llama3" {
-                return Err(err(format!("rope_scaling type {:?} is not supported", s.rope_type)));
+                return Err(err(format!(
+                    "rope_scaling type {:?} is not supported",
+                    s.rope_type
+                )));
             }
             let old = s.original_max_position_embeddings as f64;
             let (low_wl, high_wl) = (old / s.low_freq_factor, old / s.high_freq_factor);
@@ -99,7 +108,8 @@ impl Config {
                 if wl > low_wl {
                     *x /= s.factor;
                 } else if wl >= high_wl {
-                    let smooth = (old / wl - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth =
+                        (old / wl - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                     *x = (1.0 - smooth) * *x / s.factor + smooth * *x;
                 }
             }
@@ -151,7 +161,14 @@ pub enum Linear {
 }
 
 impl Linear {
-    pub fn new(bits: &[u16], rows: usize, cols: usize, bias: Option<Tensor>, mode: Weights, dev: &Device) -> Result<Linear> {
+    pub fn new(
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+        bias: Option<Tensor>,
+        mode: Weights,
+        dev: &Device,
+    ) -> Result<Linear> {
         Ok(match mode {
             Weights::Zip => Linear::Zip(ZipLinear::from_bits(bits, rows, cols, bias, dev)?),
             Weights::Bf16 => Linear::Dense {
@@ -280,14 +297,24 @@ impl WeightSource for Synthetic {
 impl Synthetic {
     /// The Hugging Face tensor names of the configuration.
     pub fn names(&self) -> Vec<String> {
-        let mut v = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+        let mut v = vec![
+            "model.embed_tokens.weight".to_string(),
+            "model.norm.weight".to_string(),
+        ];
         if !self.cfg.tie_word_embeddings {
             v.push("lm_head.weight".into());
         }
         for i in 0..self.cfg.num_hidden_layers {
             for t in [
-                "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                "input_layernorm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "post_attention_layernorm",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
             ] {
                 v.push(format!("model.layers.{i}.{t}.weight"));
             }
@@ -306,19 +333,34 @@ impl Synthetic {
         zipserv::ops::with_output_dir(dir, |d| {
             let list: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = tensors
                 .iter()
-                .map(|(n, s, b)| (n.as_str(), safetensors::Dtype::BF16, s.clone(), bytemuck::cast_slice::<u16, u8>(b)))
+                .map(|(n, s, b)| {
+                    (
+                        n.as_str(),
+                        safetensors::Dtype::BF16,
+                        s.clone(),
+                        bytemuck::cast_slice::<u16, u8>(b),
+                    )
+                })
                 .collect();
-            zipserv::container::write_file(&d.join("model.safetensors"), &list, &[("format", "pt")])?;
-            std::fs::write(d.join("config.json"), serde_json::to_string_pretty(&self.cfg).unwrap())
-                .map_err(|e| zipserv::Error::io(d, e))
+            zipserv::container::write_file(
+                &d.join("model.safetensors"),
+                &list,
+                &[("format", "pt")],
+            )?;
+            std::fs::write(
+                d.join("config.json"),
+                serde_json::to_string_pretty(&self.cfg).unwrap(),
+            )
+            .map_err(|e| zipserv::Error::io(d, e))
         })?;
         Ok(())
     }
 }
 
 fn xxhash_seed(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn concat_rows(parts: &[(Vec<u16>, Vec<usize>)], name: &str) -> Result<(Vec<u16>, usize, usize)> {
@@ -327,7 +369,10 @@ fn concat_rows(parts: &[(Vec<u16>, Vec<usize>)], name: &str) -> Result<(Vec<u16>
     let mut rows = 0;
     for (b, s) in parts {
         if s.len() != 2 || s[1] != cols {
-            return Err(err(format!("{name}: parts of shapes {:?} cannot be merged", parts.iter().map(|p| &p.1).collect::<Vec<_>>())));
+            return Err(err(format!(
+                "{name}: parts of shapes {:?} cannot be merged",
+                parts.iter().map(|p| &p.1).collect::<Vec<_>>()
+            )));
         }
         bits.extend_from_slice(b);
         rows += s[0];
@@ -341,7 +386,14 @@ pub type LoadProgress<'a> = &'a dyn Fn(usize, usize);
 impl Llama {
     /// Build the model from `src` with linear layers held as `mode`, for
     /// sequences of up to `max_len` tokens.
-    pub fn load(src: &dyn WeightSource, cfg: Config, mode: Weights, max_len: usize, dev: &Device, progress: LoadProgress) -> Result<Llama> {
+    pub fn load(
+        src: &dyn WeightSource,
+        cfg: Config,
+        mode: Weights,
+        max_len: usize,
+        dev: &Device,
+        progress: LoadProgress,
+    ) -> Result<Llama> {
         let (nh, nkv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let shape = AttnShape {
             heads: nh,
@@ -352,7 +404,9 @@ impl Llama {
         shape.check().map_err(err)?;
         if let Some(m) = cfg.max_position_embeddings {
             if max_len > m {
-                return Err(err(format!("max_len {max_len} exceeds the model's {m} positions")));
+                return Err(err(format!(
+                    "max_len {max_len} exceeds the model's {m} positions"
+                )));
             }
         }
         #[cfg(feature = "cuda")]
@@ -384,7 +438,11 @@ impl Llama {
                 &format!("{p}.self_attn.qkv"),
             )?;
             if (r, c) != (shape.qkv_width(), cfg.hidden_size) {
-                return Err(err(format!("{p}: q/k/v make {r}x{c}, expected {}x{}", shape.qkv_width(), cfg.hidden_size)));
+                return Err(err(format!(
+                    "{p}: q/k/v make {r}x{c}, expected {}x{}",
+                    shape.qkv_width(),
+                    cfg.hidden_size
+                )));
             }
             let qkv_bias = match (
                 bias(&format!("{p}.self_attn.q_proj.bias"))?,
@@ -423,7 +481,10 @@ impl Llama {
         progress(cfg.num_hidden_layers, cfg.num_hidden_layers);
         let (eb, es) = src.bits("model.embed_tokens.weight")?;
         if es != [cfg.vocab_size, cfg.hidden_size] {
-            return Err(err(format!("embed_tokens is {es:?}, expected [{}, {}]", cfg.vocab_size, cfg.hidden_size)));
+            return Err(err(format!(
+                "embed_tokens is {es:?}, expected [{}, {}]",
+                cfg.vocab_size, cfg.hidden_size
+            )));
         }
         // The embedding is held like the linear layers (a compressed one is
         // looked up by decoding rows on the device); a tied head is the same
@@ -465,11 +526,19 @@ impl Llama {
         let lin: usize = self
             .layers
             .iter()
-            .map(|l| l.qkv.weight_bytes() + l.o.weight_bytes() + l.gate_up.weight_bytes() + l.down.weight_bytes())
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.o.weight_bytes()
+                    + l.gate_up.weight_bytes()
+                    + l.down.weight_bytes()
+            })
             .sum::<usize>()
             + self.lm_head.weight_bytes();
-        let other = if self.tied { 0 } else { self.embed.weight_bytes() }
-            + self.norm.elem_count() * 2
+        let other = if self.tied {
+            0
+        } else {
+            self.embed.weight_bytes()
+        } + self.norm.elem_count() * 2
             + self
                 .layers
                 .iter()
@@ -491,7 +560,12 @@ impl Llama {
                 })
                 .collect()
         };
-        for group in [pick(&|l| &l.qkv), pick(&|l| &l.o), pick(&|l| &l.gate_up), pick(&|l| &l.down)] {
+        for group in [
+            pick(&|l| &l.qkv),
+            pick(&|l| &l.o),
+            pick(&|l| &l.gate_up),
+            pick(&|l| &l.down),
+        ] {
             if !group.is_empty() {
                 ZipLinear::tune_group(&group, n)?;
             }
@@ -504,7 +578,11 @@ impl Llama {
     pub fn linears_only(&self, n: usize, warmup: usize, runs: usize) -> Result<f64> {
         let c = &self.cfg;
         let x = |k: usize| Tensor::zeros((n, k), DType::BF16, &self.dev);
-        let (xh, xa, xi) = (x(c.hidden_size)?, x(c.num_attention_heads * c.head_dim())?, x(c.intermediate_size)?);
+        let (xh, xa, xi) = (
+            x(c.hidden_size)?,
+            x(c.num_attention_heads * c.head_dim())?,
+            x(c.intermediate_size)?,
+        );
         let mut times = Vec::with_capacity(runs);
         for i in 0..warmup + runs {
             self.dev.synchronize()?;
@@ -535,7 +613,11 @@ impl Llama {
             pos0: cache.pos,
             t_len: 1,
         };
-        let qkv = Tensor::zeros((cache.batch, self.shape.qkv_width()), DType::BF16, &self.dev)?;
+        let qkv = Tensor::zeros(
+            (cache.batch, self.shape.qkv_width()),
+            DType::BF16,
+            &self.dev,
+        )?;
         let scale = 1.0 / (self.shape.head_dim as f32).sqrt();
         let mut times = Vec::with_capacity(runs);
         for i in 0..warmup + runs {
@@ -558,9 +640,19 @@ impl Llama {
     pub fn new_cache(&self, batch: usize) -> Result<KvCache> {
         let s = &self.shape;
         let layers = (0..self.layers.len())
-            .map(|_| Tensor::zeros((2, batch, s.kv_heads, s.max_len, s.head_dim), DType::BF16, &self.dev))
+            .map(|_| {
+                Tensor::zeros(
+                    (2, batch, s.kv_heads, s.max_len, s.head_dim),
+                    DType::BF16,
+                    &self.dev,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, batch, pos: 0 })
+        Ok(KvCache {
+            layers,
+            batch,
+            pos: 0,
+        })
     }
 
     /// Run `t_len` new tokens of each sequence (`ids`: `batch * t_len`, row
@@ -570,10 +662,16 @@ impl Llama {
     pub fn forward(&self, cache: &mut KvCache, ids: &[u32], t_len: usize) -> Result<Tensor> {
         let b = cache.batch;
         if t_len == 0 || ids.len() != b * t_len {
-            return Err(err(format!("forward: {} ids for {b} sequences of {t_len}", ids.len())));
+            return Err(err(format!(
+                "forward: {} ids for {b} sequences of {t_len}",
+                ids.len()
+            )));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(err(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+            return Err(err(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            )));
         }
         let step = Step {
             shape: self.shape,
@@ -582,7 +680,11 @@ impl Llama {
             t_len,
         };
         if cache.pos + t_len > self.shape.max_len {
-            return Err(err(format!("the sequence would reach {} tokens, the cache holds {}", cache.pos + t_len, self.shape.max_len)));
+            return Err(err(format!(
+                "the sequence would reach {} tokens, the cache holds {}",
+                cache.pos + t_len,
+                self.shape.max_len
+            )));
         }
         let eps = self.cfg.rms_norm_eps as f32;
         let scale = 1.0 / (self.shape.head_dim as f32).sqrt();
@@ -604,7 +706,10 @@ impl Llama {
             hf
         } else {
             let h = self.cfg.hidden_size;
-            hf.reshape((b, t_len, h))?.narrow(1, t_len - 1, 1)?.reshape((b, h))?.contiguous()?
+            hf.reshape((b, t_len, h))?
+                .narrow(1, t_len - 1, 1)?
+                .reshape((b, h))?
+                .contiguous()?
         };
         cache.pos += t_len;
         self.lm_head.forward(&last)
@@ -612,7 +717,13 @@ impl Llama {
 
     /// Generate up to `max_new` tokens for each prompt (all of one length),
     /// stopping a sequence at an end token; `on_step` sees each step's tokens.
-    pub fn generate(&self, prompts: &[Vec<u32>], max_new: usize, sampler: &mut Sampler, on_step: &mut dyn FnMut(&[u32], &Tensor)) -> Result<Vec<Vec<u32>>> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        sampler: &mut Sampler,
+        on_step: &mut dyn FnMut(&[u32], &Tensor),
+    ) -> Result<Vec<Vec<u32>>> {
         let b = prompts.len();
         let t = prompts.first().map(|p| p.len()).unwrap_or(0);
         if b == 0 || t == 0 || prompts.iter().any(|p| p.len() != t) {
@@ -665,9 +776,15 @@ impl Sampler {
     pub fn sample(&mut self, logits: &Tensor) -> Result<Vec<u32>> {
         match self {
             Sampler::Greedy => ops::argmax(logits)?.to_vec1::<u32>(),
-            Sampler::Sample { temperature, top_p, rng } => {
+            Sampler::Sample {
+                temperature,
+                top_p,
+                rng,
+            } => {
                 let l: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-                Ok(l.iter().map(|row| sample_row(row, *temperature, *top_p, rng)).collect())
+                Ok(l.iter()
+                    .map(|row| sample_row(row, *temperature, *top_p, rng))
+                    .collect())
             }
         }
     }
@@ -678,7 +795,10 @@ fn sample_row(row: &[f32], temperature: f64, top_p: f64, rng: &mut zipserv::synt
         return row
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+            )
             .0 as u32;
     }
     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;

@@ -53,7 +53,14 @@ struct RmsNorm {
     add: bool,
 }
 
-fn rmsnorm_row(x: &[bf16], delta: Option<&[bf16]>, w: &[bf16], eps: f32, res: &mut [bf16], out: &mut [bf16]) {
+fn rmsnorm_row(
+    x: &[bf16],
+    delta: Option<&[bf16]>,
+    w: &[bf16],
+    eps: f32,
+    res: &mut [bf16],
+    out: &mut [bf16],
+) {
     let mut ss = 0f32;
     for i in 0..x.len() {
         let v = match delta {
@@ -109,7 +116,13 @@ impl candle_core::CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "zipserv-rmsnorm"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let out = self.cpu(cpu_slice(s1, l1)?, None, cpu_slice(s2, l2)?);
         Ok((CpuStorage::BF16(out), self.shape(l1)))
     }
@@ -138,7 +151,11 @@ impl candle_core::CustomOp3 for RmsNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.cpu(cpu_slice(s1, l1)?, Some(cpu_slice(s2, l2)?), cpu_slice(s3, l3)?);
+        let out = self.cpu(
+            cpu_slice(s1, l1)?,
+            Some(cpu_slice(s2, l2)?),
+            cpu_slice(s3, l3)?,
+        );
         Ok((CpuStorage::BF16(out), self.shape(l1)))
     }
     #[cfg(feature = "cuda")]
@@ -157,12 +174,20 @@ impl candle_core::CustomOp3 for RmsNorm {
 
 /// `(residual, normed)`: `residual = x + delta` (BF16, or `x` when `delta` is
 /// `None`) and its RMSNorm with weight `w`. `x`, `delta`: `[rows, cols]` BF16.
-pub fn add_rms_norm(x: &Tensor, delta: Option<&Tensor>, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    w: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
     check_bf16(x, "rms_norm input")?;
     check_bf16(w, "rms_norm weight")?;
     let (_, cols) = x.dims2()?;
     if w.dims1()? != cols {
-        bail!("rms_norm: weight has {} elements for rows of {cols}", w.dims1()?)
+        bail!(
+            "rms_norm: weight has {} elements for rows of {cols}",
+            w.dims1()?
+        )
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match delta {
@@ -172,7 +197,11 @@ pub fn add_rms_norm(x: &Tensor, delta: Option<&Tensor>, w: &Tensor, eps: f32) ->
         }
         Some(d) => {
             if d.dims() != x.dims() {
-                bail!("rms_norm: residual {:?} and delta {:?} differ", x.dims(), d.dims())
+                bail!(
+                    "rms_norm: residual {:?} and delta {:?} differ",
+                    x.dims(),
+                    d.dims()
+                )
             }
             let both = x.apply_op3_no_bwd(&d.contiguous()?, &w, &RmsNorm { eps, add: true })?;
             Ok((both.get(0)?, both.get(1)?))
@@ -207,13 +236,33 @@ impl Step {
         check_bf16(qkv, "qkv")?;
         check_bf16(cache, "kv cache")?;
         if qkv.dims() != [self.batch * self.t_len, s.qkv_width()] {
-            bail!("qkv is {:?}, expected [{}, {}]", qkv.dims(), self.batch * self.t_len, s.qkv_width())
+            bail!(
+                "qkv is {:?}, expected [{}, {}]",
+                qkv.dims(),
+                self.batch * self.t_len,
+                s.qkv_width()
+            )
         }
-        if cache.dims() != [2, self.batch, s.kv_heads, s.max_len, s.head_dim] || !cache.is_contiguous() {
-            bail!("kv cache is {:?}, expected contiguous [2, {}, {}, {}, {}]", cache.dims(), self.batch, s.kv_heads, s.max_len, s.head_dim)
+        if cache.dims() != [2, self.batch, s.kv_heads, s.max_len, s.head_dim]
+            || !cache.is_contiguous()
+        {
+            bail!(
+                "kv cache is {:?}, expected contiguous [2, {}, {}, {}, {}]",
+                cache.dims(),
+                self.batch,
+                s.kv_heads,
+                s.max_len,
+                s.head_dim
+            )
         }
         if rope.dtype() != DType::F32 || rope.dims() != [2, s.max_len, s.head_dim / 2] {
-            bail!("rope table is {:?} {:?}, expected F32 [2, {}, {}]", rope.dtype(), rope.dims(), s.max_len, s.head_dim / 2)
+            bail!(
+                "rope table is {:?} {:?}, expected F32 [2, {}, {}]",
+                rope.dtype(),
+                rope.dims(),
+                s.max_len,
+                s.head_dim / 2
+            )
         }
         Ok(())
     }
@@ -344,9 +393,17 @@ impl candle_core::CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.0.cpu_attention(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, cpu_slice(s3, l3)?, self.1);
+        let out = self.0.cpu_attention(
+            cpu_slice(s1, l1)?,
+            cpu_slice(s2, l2)?,
+            cpu_slice(s3, l3)?,
+            self.1,
+        );
         let st = &self.0;
-        Ok((CpuStorage::BF16(out), Shape::from((st.batch * st.t_len, st.shape.heads * st.shape.head_dim))))
+        Ok((
+            CpuStorage::BF16(out),
+            Shape::from((st.batch * st.t_len, st.shape.heads * st.shape.head_dim)),
+        ))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -371,9 +428,16 @@ pub fn rope_append(cache: &Tensor, qkv: &Tensor, rope: &Tensor, step: Step) -> R
 
 /// Attention of the step's new tokens over `cache` (after [`rope_append`]):
 /// `[batch * t_len, heads * head_dim]` BF16.
-pub fn attention(qkv: &Tensor, cache: &Tensor, rope: &Tensor, step: Step, scale: f32) -> Result<Tensor> {
+pub fn attention(
+    qkv: &Tensor,
+    cache: &Tensor,
+    rope: &Tensor,
+    step: Step,
+    scale: f32,
+) -> Result<Tensor> {
     step.check(qkv, cache, rope)?;
-    qkv.contiguous()?.apply_op3_no_bwd(cache, &rope.contiguous()?, &Attention(step, scale))
+    qkv.contiguous()?
+        .apply_op3_no_bwd(cache, &rope.contiguous()?, &Attention(step, scale))
 }
 
 // ---------------------------------------------------------------- SwiGLU
@@ -400,7 +464,11 @@ impl candle_core::CustomOp1 for SiluMul {
         Ok((CpuStorage::BF16(out), Shape::from((rows, inter))))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::silu_mul(s, l)
     }
 }
@@ -441,7 +509,11 @@ impl candle_core::CustomOp1 for Argmax {
         Ok((CpuStorage::U32(out), Shape::from(rows)))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::argmax(s, l)
     }
 }
@@ -466,23 +538,40 @@ mod cuda {
 
     type In<'a> = (&'a CudaStorage, &'a Layout);
 
-    pub(super) fn rmsnorm(op: &RmsNorm, x: In, delta: Option<In>, w: In) -> Result<(CudaStorage, Shape)> {
+    pub(super) fn rmsnorm(
+        op: &RmsNorm,
+        x: In,
+        delta: Option<In>,
+        w: In,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = &x.0.device;
         let gpu = gpu_for(dev)?;
         let (rows, cols) = x.1.shape().dims2()?;
         let n = rows * cols;
         let out = alloc_bf16(dev, if op.add { 2 * n } else { n })?;
         let o = dev_ptr::<bf16>(&out, 0)?;
-        let (xp, wp) = (dev_ptr::<bf16>(x.0, x.1.start_offset())?, dev_ptr::<bf16>(w.0, w.1.start_offset())?);
+        let (xp, wp) = (
+            dev_ptr::<bf16>(x.0, x.1.start_offset())?,
+            dev_ptr::<bf16>(w.0, w.1.start_offset())?,
+        );
         let (dp, res, normed) = match delta {
-            Some(d) => (dev_ptr::<bf16>(d.0, d.1.start_offset())?, o, o + 2 * n as u64),
+            Some(d) => (
+                dev_ptr::<bf16>(d.0, d.1.start_offset())?,
+                o,
+                o + 2 * n as u64,
+            ),
             None => (0, 0, o),
         };
         unsafe { gpu.rmsnorm(xp, dp, wp, res, normed, rows, cols, op.eps) }.map_err(crate::err)?;
         Ok((out, op.shape(x.1)))
     }
 
-    pub(super) fn rope_append(step: &Step, cache: (&mut CudaStorage, &Layout), qkv: In, rope: In) -> Result<()> {
+    pub(super) fn rope_append(
+        step: &Step,
+        cache: (&mut CudaStorage, &Layout),
+        qkv: In,
+        rope: In,
+    ) -> Result<()> {
         let gpu = gpu_for(&qkv.0.device)?;
         let s = &step.shape;
         let kc = dev_ptr::<bf16>(cache.0, cache.1.start_offset())?;
@@ -490,10 +579,17 @@ mod cuda {
         let r = dev_ptr::<f32>(rope.0, rope.1.start_offset())?;
         let sin = r + 4 * (s.max_len * s.head_dim / 2) as u64;
         let q = dev_ptr::<bf16>(qkv.0, qkv.1.start_offset())?;
-        unsafe { gpu.rope_kv(q, kc, vc, r, sin, *s, step.batch, step.pos0, step.t_len) }.map_err(crate::err)
+        unsafe { gpu.rope_kv(q, kc, vc, r, sin, *s, step.batch, step.pos0, step.t_len) }
+            .map_err(crate::err)
     }
 
-    pub(super) fn attention(step: &Step, scale: f32, qkv: In, cache: In, rope: In) -> Result<(CudaStorage, Shape)> {
+    pub(super) fn attention(
+        step: &Step,
+        scale: f32,
+        qkv: In,
+        cache: In,
+        rope: In,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = &qkv.0.device;
         let gpu = gpu_for(dev)?;
         let s = &step.shape;
@@ -505,7 +601,19 @@ mod cuda {
         let sin = r + 4 * (s.max_len * s.head_dim / 2) as u64;
         let q = dev_ptr::<bf16>(qkv.0, qkv.1.start_offset())?;
         unsafe {
-            gpu.attention(q, kc, vc, r, sin, dev_ptr::<bf16>(&out, 0)?, *s, step.batch, step.pos0, step.t_len, scale)
+            gpu.attention(
+                q,
+                kc,
+                vc,
+                r,
+                sin,
+                dev_ptr::<bf16>(&out, 0)?,
+                *s,
+                step.batch,
+                step.pos0,
+                step.t_len,
+                scale,
+            )
         }
         .map_err(crate::err)?;
         Ok((out, Shape::from((rows, s.heads * s.head_dim))))
@@ -517,8 +625,15 @@ mod cuda {
         let (rows, cols) = l.shape().dims2()?;
         let out = unsafe { dev.alloc::<u32>(rows.max(1)) }?;
         let o = CudaStorage::wrap_cuda_slice(out, dev.clone());
-        unsafe { gpu.argmax(dev_ptr::<bf16>(x, l.start_offset())?, dev_ptr::<u32>(&o, 0)?, rows, cols) }
-            .map_err(crate::err)?;
+        unsafe {
+            gpu.argmax(
+                dev_ptr::<bf16>(x, l.start_offset())?,
+                dev_ptr::<u32>(&o, 0)?,
+                rows,
+                cols,
+            )
+        }
+        .map_err(crate::err)?;
         Ok((o, Shape::from(rows)))
     }
 
@@ -527,8 +642,15 @@ mod cuda {
         let gpu = gpu_for(dev)?;
         let (rows, w) = l.shape().dims2()?;
         let out = alloc_bf16(dev, rows * w / 2)?;
-        unsafe { gpu.silu_mul(dev_ptr::<bf16>(gu, l.start_offset())?, dev_ptr::<bf16>(&out, 0)?, rows, w / 2) }
-            .map_err(crate::err)?;
+        unsafe {
+            gpu.silu_mul(
+                dev_ptr::<bf16>(gu, l.start_offset())?,
+                dev_ptr::<bf16>(&out, 0)?,
+                rows,
+                w / 2,
+            )
+        }
+        .map_err(crate::err)?;
         Ok((out, Shape::from((rows, w / 2))))
     }
 }

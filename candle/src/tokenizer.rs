@@ -60,7 +60,8 @@ pub fn encode(tk: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 }
 
 pub fn decode(tk: &Tokenizer, ids: &[u32]) -> Result<String> {
-    tk.decode(ids, false).map_err(|e| anyhow!("detokenizing: {e}"))
+    tk.decode(ids, false)
+        .map_err(|e| anyhow!("detokenizing: {e}"))
 }
 
 /// The chat template of a model directory (`tokenizer_config.json`), if any.
@@ -73,5 +74,7 @@ pub fn chat_template(dir: &Path) -> Result<Option<String>> {
         &std::fs::read_to_string(&p).with_context(|| p.display().to_string())?,
     )
     .with_context(|| p.display().to_string())?;
-    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(String::from))
+    Ok(v.get("chat_template")
+        .and_then(|t| t.as_str())
+        .map(String::from))
 }

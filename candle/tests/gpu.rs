@@ -25,11 +25,19 @@ fn seed() -> u64 {
 }
 
 fn rand_bf16(n: usize, a: f32, seed: u64) -> Vec<bf16> {
-    zipserv::synth::uniform_bf16(n, a, seed).into_iter().map(bf16::from_bits).collect()
+    zipserv::synth::uniform_bf16(n, a, seed)
+        .into_iter()
+        .map(bf16::from_bits)
+        .collect()
 }
 
 fn host(t: &Tensor) -> Vec<bf16> {
-    t.flatten_all().unwrap().to_device(&Device::Cpu).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Elementwise: equal within `ulps` BF16 ulps (of the larger magnitude) or `abs`.
@@ -41,7 +49,10 @@ fn within(g: &[bf16], c: &[bf16], ulps: f32, abs: f32, what: &str) {
         let ulp = a.abs().max(b.abs()) * 2f32.powi(-7);
         let d = (a - b).abs();
         worst = worst.max(d / ulp.max(f32::MIN_POSITIVE));
-        assert!(d <= ulps * ulp || d <= abs, "{what}[{i}]: GPU {a} vs CPU {b}");
+        assert!(
+            d <= ulps * ulp || d <= abs,
+            "{what}[{i}]: GPU {a} vs CPU {b}"
+        );
     }
     eprintln!("{what}: {} values, worst {worst:.2} ulp", g.len());
 }
@@ -57,12 +68,24 @@ fn fused_ops_on_cuda_match_the_cpu() {
         let w = rand_bf16(cols, 1.5, s0 + 2);
         let on = |dev: &Device| {
             let t = |v: &[bf16], s: &[usize]| Tensor::from_vec(v.to_vec(), s, dev).unwrap();
-            let (r, n) = ops::add_rms_norm(&t(&x, &[rows, cols]), Some(&t(&d, &[rows, cols])), &t(&w, &[cols]), 1e-5).unwrap();
-            let (_, n0) = ops::add_rms_norm(&t(&x, &[rows, cols]), None, &t(&w, &[cols]), 1e-5).unwrap();
+            let (r, n) = ops::add_rms_norm(
+                &t(&x, &[rows, cols]),
+                Some(&t(&d, &[rows, cols])),
+                &t(&w, &[cols]),
+                1e-5,
+            )
+            .unwrap();
+            let (_, n0) =
+                ops::add_rms_norm(&t(&x, &[rows, cols]), None, &t(&w, &[cols]), 1e-5).unwrap();
             (host(&r), host(&n), host(&n0))
         };
         let (g, c) = (on(&gpu), on(&cpu));
-        assert!(g.0.iter().zip(&c.0).all(|(a, b)| a.to_bits() == b.to_bits()), "residual add differs");
+        assert!(
+            g.0.iter()
+                .zip(&c.0)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "residual add differs"
+        );
         // The GPU sums the squares in another order: the normalised value may
         // round the other way before the weight multiplies it (2 ulps).
         within(&g.1, &c.1, 2.0, 0.0, &format!("add+rmsnorm {rows}x{cols}"));
@@ -74,19 +97,42 @@ fn fused_ops_on_cuda_match_the_cpu() {
     lg[128256 + 90000] = bf16::from_f32(100.0);
     lg[2 * 128256 + 128255] = bf16::from_f32(1e4);
     let am = |dev: &Device| -> Vec<u32> {
-        ops::argmax(&Tensor::from_vec(lg.clone(), (3, 128256), dev).unwrap()).unwrap().to_device(&Device::Cpu).unwrap().to_vec1().unwrap()
+        ops::argmax(&Tensor::from_vec(lg.clone(), (3, 128256), dev).unwrap())
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     };
     let (ga, ca) = (am(&gpu), am(&cpu));
     assert_eq!(ga, ca, "argmax");
     assert_eq!(&ca[1..], &[5000, 128255]);
 
     let gu = rand_bf16(5 * 2 * 1536, 8.0, s0 + 3);
-    let f = |dev: &Device| host(&ops::silu_mul(&Tensor::from_vec(gu.clone(), (5, 3072), dev).unwrap()).unwrap());
+    let f = |dev: &Device| {
+        host(&ops::silu_mul(&Tensor::from_vec(gu.clone(), (5, 3072), dev).unwrap()).unwrap())
+    };
     within(&f(&gpu), &f(&cpu), 1.0, 1e-6, "silu_mul");
 
     for (shape, b) in [
-        (AttnShape { heads: 9, kv_heads: 3, head_dim: 64, max_len: 40 }, 2usize),
-        (AttnShape { heads: 32, kv_heads: 8, head_dim: 128, max_len: 300 }, 3),
+        (
+            AttnShape {
+                heads: 9,
+                kv_heads: 3,
+                head_dim: 64,
+                max_len: 40,
+            },
+            2usize,
+        ),
+        (
+            AttnShape {
+                heads: 32,
+                kv_heads: 8,
+                head_dim: 128,
+                max_len: 300,
+            },
+            3,
+        ),
     ] {
         let inv: Vec<f32> = (0..shape.head_dim / 2)
             .map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / shape.head_dim as f32))
@@ -95,23 +141,48 @@ fn fused_ops_on_cuda_match_the_cpu() {
         let mut outs = Vec::new();
         for dev in [&gpu, &cpu] {
             let rope = ops::rope_table(&inv, shape.max_len, dev).unwrap();
-            let cache = Tensor::zeros((2, b, shape.kv_heads, shape.max_len, shape.head_dim), DType::BF16, dev).unwrap();
+            let cache = Tensor::zeros(
+                (2, b, shape.kv_heads, shape.max_len, shape.head_dim),
+                DType::BF16,
+                dev,
+            )
+            .unwrap();
             let mut o = Vec::new();
             let mut pos = 0;
             for (i, t_len) in [shape.max_len - 4, 1, 1, 2].into_iter().enumerate() {
                 let qkv = rand_bf16(b * t_len * shape.qkv_width(), 2.0, s0 + 10 + i as u64);
                 let qt = Tensor::from_vec(qkv, (b * t_len, shape.qkv_width()), dev).unwrap();
-                let st = Step { shape, batch: b, pos0: pos, t_len };
+                let st = Step {
+                    shape,
+                    batch: b,
+                    pos0: pos,
+                    t_len,
+                };
                 ops::rope_append(&cache, &qt, &rope, st).unwrap();
-                o.push(host(&ops::attention(&qt, &cache, &rope, st, 1.0 / (shape.head_dim as f32).sqrt()).unwrap()));
+                o.push(host(
+                    &ops::attention(&qt, &cache, &rope, st, 1.0 / (shape.head_dim as f32).sqrt())
+                        .unwrap(),
+                ));
                 pos += t_len;
             }
             caches.push(host(&cache));
             outs.push(o);
         }
-        within(&caches[0], &caches[1], 1.0, 0.0, &format!("rope+cache d={}", shape.head_dim));
+        within(
+            &caches[0],
+            &caches[1],
+            1.0,
+            0.0,
+            &format!("rope+cache d={}", shape.head_dim),
+        );
         for (i, (g, c)) in outs[0].iter().zip(&outs[1]).enumerate() {
-            within(g, c, 3.0, 2e-3, &format!("attention d={} step {i}", shape.head_dim));
+            within(
+                g,
+                c,
+                3.0,
+                2e-3,
+                &format!("attention d={} step {i}", shape.head_dim),
+            );
         }
     }
 }
@@ -137,7 +208,10 @@ fn zip_linear_on_cuda_matches_fp64_and_gathers_rows_exactly() {
                         mag += p.abs();
                     }
                     let g = y[r * m + c].to_f64();
-                    assert!((g - acc).abs() <= 8e-3 * acc.abs() + 1e-5 * mag + 1e-7, "{m}x{k} n={n} y[{r}][{c}] = {g}, FP64 {acc}");
+                    assert!(
+                        (g - acc).abs() <= 8e-3 * acc.abs() + 1e-5 * mag + 1e-7,
+                        "{m}x{k} n={n} y[{r}][{c}] = {g}, FP64 {acc}"
+                    );
                 }
             }
         }
@@ -145,9 +219,18 @@ fn zip_linear_on_cuda_matches_fp64_and_gathers_rows_exactly() {
         let rows = host(&lin.gather_rows(&ids, &gpu).unwrap());
         for (i, &r) in ids.iter().enumerate() {
             let want = &w[r as usize * k..(r as usize + 1) * k];
-            assert!(rows[i * k..(i + 1) * k].iter().zip(want).all(|(a, b)| a.to_bits() == *b), "row {r}");
+            assert!(
+                rows[i * k..(i + 1) * k]
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == *b),
+                "row {r}"
+            );
         }
-        assert!(lin.gather_rows(&[m as u32], &gpu).is_err(), "out-of-range id accepted");
+        assert!(
+            lin.gather_rows(&[m as u32], &gpu).is_err(),
+            "out-of-range id accepted"
+        );
     }
 }
 
@@ -165,31 +248,57 @@ fn decoder_on_cuda_matches_the_cpu() {
         tie_word_embeddings: true,
         ..Config::llama31_8b()
     };
-    let src = Synthetic { cfg: cfg.clone(), seed: seed() };
+    let src = Synthetic {
+        cfg: cfg.clone(),
+        seed: seed(),
+    };
     let none = |_: usize, _: usize| {};
     let zg = Llama::load(&src, cfg.clone(), Weights::Zip, 64, &gpu, &none).unwrap();
     let bg = Llama::load(&src, cfg.clone(), Weights::Bf16, 64, &gpu, &none).unwrap();
     let bc = Llama::load(&src, cfg, Weights::Bf16, 64, &Device::Cpu, &none).unwrap();
     let prompt: Vec<u32> = vec![3, 1000, 77, 2047, 5, 5, 9];
-    let mut caches = [zg.new_cache(2).unwrap(), bg.new_cache(2).unwrap(), bc.new_cache(2).unwrap()];
+    let mut caches = [
+        zg.new_cache(2).unwrap(),
+        bg.new_cache(2).unwrap(),
+        bc.new_cache(2).unwrap(),
+    ];
     let models = [&zg, &bg, &bc];
     // Teacher-forced: the same tokens into all three; batch 2.
-    let mut ids: Vec<u32> = [prompt.clone(), prompt.iter().map(|x| (x * 7) % 2048).collect()].concat();
+    let mut ids: Vec<u32> = [
+        prompt.clone(),
+        prompt.iter().map(|x| (x * 7) % 2048).collect(),
+    ]
+    .concat();
     let mut t_len = prompt.len();
     for step in 0..6 {
         let l: Vec<Vec<Vec<f32>>> = models
             .iter()
             .zip(caches.iter_mut())
-            .map(|(m, c)| m.forward(c, &ids, t_len).unwrap().to_dtype(DType::F32).unwrap().to_vec2().unwrap())
+            .map(|(m, c)| {
+                m.forward(c, &ids, t_len)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap()
+            })
             .collect();
         for (name, g) in [("compressed on CUDA", &l[0]), ("BF16 on CUDA", &l[1])] {
             for b in 0..2 {
                 let scale = l[2][b].iter().fold(0f32, |a, x| a.max(x.abs()));
-                let diff = g[b].iter().zip(&l[2][b]).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-                assert!(diff <= 0.03 * scale, "step {step}, seq {b}: {name} vs CPU differ by {diff} (scale {scale})");
+                let diff = g[b]
+                    .iter()
+                    .zip(&l[2][b])
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(
+                    diff <= 0.03 * scale,
+                    "step {step}, seq {b}: {name} vs CPU differ by {diff} (scale {scale})"
+                );
             }
         }
-        ids = (0..2).map(|b| ((step * 131 + b * 17 + 5) % 2048) as u32).collect();
+        ids = (0..2)
+            .map(|b| ((step * 131 + b * 17 + 5) % 2048) as u32)
+            .collect();
         t_len = 1;
     }
 }

@@ -124,21 +124,31 @@ fn layer_bar(quiet: bool, what: &str) -> Option<ProgressBar> {
         return None;
     }
     let b = ProgressBar::new(0);
-    b.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}").unwrap());
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}").unwrap(),
+    );
     b.set_message(what.to_string());
     Some(b)
 }
 
-fn load(m: &ModelArgs, weights: WeightsArg, dev: &Device, quiet: bool) -> Result<(Llama, zipserv_candle::tokenizers::Tokenizer)> {
+fn load(
+    m: &ModelArgs,
+    weights: WeightsArg,
+    dev: &Device,
+    quiet: bool,
+) -> Result<(Llama, zipserv_candle::tokenizers::Tokenizer)> {
     let cfg = Config::from_file(&m.model.join("config.json"))?;
     let tk = tokenizer::load(&m.model)?;
-    let ck = Checkpoint::load(&m.model).with_context(|| format!("loading {}", m.model.display()))?;
+    let ck =
+        Checkpoint::load(&m.model).with_context(|| format!("loading {}", m.model.display()))?;
     let mode = match weights {
         WeightsArg::Auto if ck.any_compressed() => Weights::Zip,
         WeightsArg::Auto | WeightsArg::Bf16 => Weights::Bf16,
         WeightsArg::Zip => Weights::Zip,
     };
-    let max_len = cfg.max_position_embeddings.map_or(m.max_len, |p| p.min(m.max_len));
+    let max_len = cfg
+        .max_position_embeddings
+        .map_or(m.max_len, |p| p.min(m.max_len));
     let bar = layer_bar(quiet, &format!("loading ({mode:?} weights)"));
     let model = Llama::load(&ck, cfg, mode, max_len, dev, &|d, t| {
         if let Some(b) = &bar {
@@ -152,7 +162,12 @@ fn load(m: &ModelArgs, weights: WeightsArg, dev: &Device, quiet: bool) -> Result
     Ok((model, tk))
 }
 
-fn prompt_ids(m: &ModelArgs, model: &Llama, tk: &zipserv_candle::tokenizers::Tokenizer, p: &str) -> Result<Vec<u32>> {
+fn prompt_ids(
+    m: &ModelArgs,
+    model: &Llama,
+    tk: &zipserv_candle::tokenizers::Tokenizer,
+    p: &str,
+) -> Result<Vec<u32>> {
     let text = if m.chat {
         let tpl = tokenizer::chat_template(&m.model)?.unwrap_or_default();
         if !tpl.contains("<|im_start|>") {
@@ -226,19 +241,24 @@ pub fn generate(a: &GenerateArgs, quiet: bool) -> Result<()> {
         let mut stream: Vec<u32> = Vec::new();
         let mut printed = 0usize;
         print!("{p}");
-        let out = model.generate(std::slice::from_ref(&ids), a.max_new, &mut sampler, &mut |next, _| {
-            first.get_or_insert(t0.elapsed().as_secs_f64());
-            stream.push(next[0]);
-            // Print the text as it grows (decoding the whole stream keeps
-            // multi-byte characters whole).
-            if let Ok(s) = tokenizer::decode(&tk, &stream) {
-                if s.len() > printed && s.is_char_boundary(printed) {
-                    print!("{}", &s[printed..]);
-                    printed = s.len();
-                    let _ = std::io::stdout().flush();
+        let out = model.generate(
+            std::slice::from_ref(&ids),
+            a.max_new,
+            &mut sampler,
+            &mut |next, _| {
+                first.get_or_insert(t0.elapsed().as_secs_f64());
+                stream.push(next[0]);
+                // Print the text as it grows (decoding the whole stream keeps
+                // multi-byte characters whole).
+                if let Ok(s) = tokenizer::decode(&tk, &stream) {
+                    if s.len() > printed && s.is_char_boundary(printed) {
+                        print!("{}", &s[printed..]);
+                        printed = s.len();
+                        let _ = std::io::stdout().flush();
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
         println!();
         let secs = t0.elapsed().as_secs_f64();
         let n = out[0].len();
@@ -247,7 +267,11 @@ pub fn generate(a: &GenerateArgs, quiet: bool) -> Result<()> {
             "[{} prompt tokens, {n} new; first token {:.0} ms, then {:.1} tokens/s]",
             ids.len(),
             ttft * 1e3,
-            if n > 1 { (n - 1) as f64 / (secs - ttft) } else { 0.0 }
+            if n > 1 {
+                (n - 1) as f64 / (secs - ttft)
+            } else {
+                0.0
+            }
         );
     }
     Ok(())
@@ -275,11 +299,20 @@ struct PromptResult {
 
 fn greedy_with_logits(model: &Llama, ids: &[u32], n: usize) -> Result<(Vec<u32>, Vec<Vec<f32>>)> {
     let mut logits = Vec::new();
-    let out = model.generate(&[ids.to_vec()], n, &mut Sampler::Greedy, &mut |_, l: &Tensor| {
-        if let Ok(v) = l.to_dtype(DType::F32).and_then(|x| x.get(0)).and_then(|x| x.to_vec1::<f32>()) {
-            logits.push(v);
-        }
-    })?;
+    let out = model.generate(
+        &[ids.to_vec()],
+        n,
+        &mut Sampler::Greedy,
+        &mut |_, l: &Tensor| {
+            if let Ok(v) = l
+                .to_dtype(DType::F32)
+                .and_then(|x| x.get(0))
+                .and_then(|x| x.to_vec1::<f32>())
+            {
+                logits.push(v);
+            }
+        },
+    )?;
     if logits.len() != out[0].len() {
         bail!("could not read the logits back");
     }
@@ -307,7 +340,11 @@ pub fn compare(a: &CompareArgs, quiet: bool) -> Result<()> {
         let n = zt.len().min(bt.len());
         let matching = (0..n).find(|&i| zt[i] != bt[i]).unwrap_or(n);
         let diff = |i: usize| -> f32 {
-            zlg[i].iter().zip(&blg[i]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+            zlg[i]
+                .iter()
+                .zip(&blg[i])
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
         };
         let max_logit_diff = (0..matching.min(n)).map(diff).fold(0.0, f32::max);
         let (mb, mz, ld) = if matching < n {
@@ -347,7 +384,11 @@ pub fn compare(a: &CompareArgs, quiet: bool) -> Result<()> {
             match (mb, ld) {
                 (Some(m), Some(d)) => format!(
                     "; first difference: BF16 lead {m:.4}, logit difference {d:.4} -> {}",
-                    if explained { "explained by rounding" } else { "NOT explained" }
+                    if explained {
+                        "explained by rounding"
+                    } else {
+                        "NOT explained"
+                    }
                 ),
                 _ => String::new(),
             }
@@ -355,11 +396,16 @@ pub fn compare(a: &CompareArgs, quiet: bool) -> Result<()> {
         println!("    compressed: {:?}", r.zip_text);
         results.push(r);
     }
-    let all_match = results.iter().all(|r| r.matching == r.zip_tokens.len().min(r.bf16_tokens.len()));
+    let all_match = results
+        .iter()
+        .all(|r| r.matching == r.zip_tokens.len().min(r.bf16_tokens.len()));
     let all_explained = results.iter().all(|r| r.explained);
     println!(
         "{} of {} prompts identical for {} tokens; {}",
-        results.iter().filter(|r| r.matching == r.zip_tokens.len().min(r.bf16_tokens.len())).count(),
+        results
+            .iter()
+            .filter(|r| r.matching == r.zip_tokens.len().min(r.bf16_tokens.len()))
+            .count(),
         results.len(),
         a.max_new,
         if all_match {
@@ -392,11 +438,18 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn tempfile_in(dir: &Path) -> Result<(PathBuf, std::fs::File)> {
     for i in 0..1000u32 {
         let p = dir.join(format!(".zipserv-tmp-{}-{i}", std::process::id()));
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
             return Ok((p, f));
         }
     }
-    Err(anyhow!("cannot create a temporary file in {}", dir.display()))
+    Err(anyhow!(
+        "cannot create a temporary file in {}",
+        dir.display()
+    ))
 }
 
 /// Free device memory (bytes), where it can be read.
@@ -521,7 +574,9 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let used = free0.zip(free_memory(&dev)).map(|(a, b)| a.saturating_sub(b));
+        let used = free0
+            .zip(free_memory(&dev))
+            .map(|(a, b)| a.saturating_sub(b));
         let (lin, all) = model.weight_bytes();
         if !quiet {
             eprintln!(
@@ -545,7 +600,14 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
     let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
     println!(
         "{:>5} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "batch", "zip tok/s", "bf16 tok/s", "speedup", "zip step", "bf16 step", "zip lin", "bf16 lin"
+        "batch",
+        "zip tok/s",
+        "bf16 tok/s",
+        "speedup",
+        "zip step",
+        "bf16 step",
+        "zip lin",
+        "bf16 lin"
     );
     for (z, b) in zr.iter().zip(br) {
         csv.push_str(&format!(

@@ -63,14 +63,18 @@ fn warp_max(mut v: f32) -> f32 {
 #[inline(always)]
 fn ex2(x: f32) -> f32 {
     let d: f32;
-    unsafe { asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) d, in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) d, in(reg32) x, options(pure, nomem, nostack))
+    };
     d
 }
 
 #[inline(always)]
 fn sqrt_rn(x: f32) -> f32 {
     let d: f32;
-    unsafe { asm!("sqrt.rn.f32 {0}, {1};", out(reg32) d, in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        asm!("sqrt.rn.f32 {0}, {1};", out(reg32) d, in(reg32) x, options(pure, nomem, nostack))
+    };
     d
 }
 
@@ -177,7 +181,15 @@ pub unsafe extern "gpu-kernel" fn zs_rmsnorm(
 /// Chunk `c` of a row for RMSNorm (zeros past the end), the residual add
 /// applied and written back.
 #[inline(always)]
-unsafe fn rms_load(x: *const u16, delta: *const u16, res: *mut u16, row: usize, c: u32, chunks: u32, add: bool) -> [f32; 8] {
+unsafe fn rms_load(
+    x: *const u16,
+    delta: *const u16,
+    res: *mut u16,
+    row: usize,
+    c: u32,
+    chunks: u32,
+    add: bool,
+) -> [f32; 8] {
     if c >= chunks {
         return [0f32; 8];
     }
@@ -194,7 +206,15 @@ unsafe fn rms_load(x: *const u16, delta: *const u16, res: *mut u16, row: usize, 
 }
 
 #[inline(always)]
-unsafe fn rms_store(v: &[f32; 8], w: *const u16, out: *mut u16, row: usize, c: u32, chunks: u32, r: f32) {
+unsafe fn rms_store(
+    v: &[f32; 8],
+    w: *const u16,
+    out: *mut u16,
+    row: usize,
+    c: u32,
+    chunks: u32,
+    r: f32,
+) {
     if c >= chunks {
         return;
     }
@@ -391,8 +411,16 @@ pub unsafe extern "gpu-kernel" fn zs_attention(
     while base < t1 {
         let t = base + slot;
         let t2 = t + stride;
-        let k1 = if t < t1 { load_dims(kr.add((t * d) as usize), dl) } else { [0f32; 16] };
-        let k2 = if t2 < t1 { load_dims(kr.add((t2 * d) as usize), dl) } else { [0f32; 16] };
+        let k1 = if t < t1 {
+            load_dims(kr.add((t * d) as usize), dl)
+        } else {
+            [0f32; 16]
+        };
+        let k2 = if t2 < t1 {
+            load_dims(kr.add((t2 * d) as usize), dl)
+        } else {
+            [0f32; 16]
+        };
         let (mut d1, mut d2) = (0f32, 0f32);
         for j in 0..16 {
             d1 += q[j] * k1[j];
@@ -438,12 +466,18 @@ pub unsafe extern "gpu-kernel" fn zs_attention(
         let t = base + slot;
         let t2 = t + stride;
         let (p1, v1) = if t < t1 {
-            (lds(s_at + (t - t0) * 4), load_dims(vr.add((t * d) as usize), dl))
+            (
+                lds(s_at + (t - t0) * 4),
+                load_dims(vr.add((t * d) as usize), dl),
+            )
         } else {
             (0.0, [0f32; 16])
         };
         let (p2, v2) = if t2 < t1 {
-            (lds(s_at + (t2 - t0) * 4), load_dims(vr.add((t2 * d) as usize), dl))
+            (
+                lds(s_at + (t2 - t0) * 4),
+                load_dims(vr.add((t2 * d) as usize), dl),
+            )
         } else {
             (0.0, [0f32; 16])
         };
@@ -491,7 +525,13 @@ pub unsafe extern "gpu-kernel" fn zs_attention(
 /// `(row, h)` (running max, sum, unnormalised output) into `out`. Grid
 /// `(nh, rows)`.
 #[no_mangle]
-pub unsafe extern "gpu-kernel" fn zs_attn_combine(ws: *const f32, out: *mut u16, nh: u32, d: u32, chunks: u32) {
+pub unsafe extern "gpu-kernel" fn zs_attn_combine(
+    ws: *const f32,
+    out: *mut u16,
+    nh: u32,
+    d: u32,
+    chunks: u32,
+) {
     let (h, bt) = (_block_idx_x() as u32, _block_idx_y() as u32);
     let parts = ws.add(((bt * nh + h) * chunks * (d + 2)) as usize);
     let mut mx = f32::NEG_INFINITY;
@@ -530,7 +570,12 @@ unsafe fn warps_sum(o_at: u32, nw: u32, d: u32, i: u32) -> f32 {
 
 /// `out[r][i] = bf16(bf16(silu(g)) * u)` with `g = gu[r][i]`, `u = gu[r][inter + i]`.
 #[no_mangle]
-pub unsafe extern "gpu-kernel" fn zs_silu_mul(gu: *const u16, out: *mut u16, rows: u32, inter: u32) {
+pub unsafe extern "gpu-kernel" fn zs_silu_mul(
+    gu: *const u16,
+    out: *mut u16,
+    rows: u32,
+    inter: u32,
+) {
     let total = rows * inter;
     let stride = _grid_dim_x() as u32 * nthreads();
     let mut idx = _block_idx_x() as u32 * nthreads() + tid();

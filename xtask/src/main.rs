@@ -234,8 +234,16 @@ fn setup_cuda() -> Result<(PathBuf, PathBuf)> {
         std::os::unix::fs::symlink("..", t.join("x86_64-linux"))?;
     }
     // Unversioned names for the linker.
-    for lib in ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13", "libcurand.so.10", "libnvrtc.so.13"] {
-        let plain = cu.join("lib").join(lib.split(".so").next().unwrap().to_string() + ".so");
+    for lib in [
+        "libcublas.so.13",
+        "libcublasLt.so.13",
+        "libcudart.so.13",
+        "libcurand.so.10",
+        "libnvrtc.so.13",
+    ] {
+        let plain = cu
+            .join("lib")
+            .join(lib.split(".so").next().unwrap().to_string() + ".so");
         if !plain.exists() {
             std::os::unix::fs::symlink(lib, &plain)?;
         }
@@ -255,7 +263,10 @@ fn setup_cuda() -> Result<(PathBuf, PathBuf)> {
             .and_then(|p| p.iter().find(|p| p["name"] == "cudarc"))
             .and_then(|p| p["manifest_path"].as_str())
             .context("cudarc not in the dependency graph")?;
-        let sys = Path::new(manifest).parent().unwrap().join("src/driver/sys/mod.rs");
+        let sys = Path::new(manifest)
+            .parent()
+            .unwrap()
+            .join("src/driver/sys/mod.rs");
         let src = std::fs::read_to_string(&sys).with_context(|| sys.display().to_string())?;
         let mut names: Vec<&str> = src
             .lines()
@@ -283,7 +294,11 @@ fn setup_cuda() -> Result<(PathBuf, PathBuf)> {
 fn cuda_cargo(cu: &Path, stub: &Path) -> Command {
     let mut c = Command::new("cargo");
     let lib = cu.join("lib");
-    let path = format!("{}:{}", cu.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        cu.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let libs = format!("{}:{}", lib.display(), stub.display());
     c.current_dir(root())
         .env("CUDA_HOME", cu)
@@ -293,7 +308,10 @@ fn cuda_cargo(cu: &Path, stub: &Path) -> Command {
         .env("PATH", path)
         .env("LIBRARY_PATH", &libs)
         .env("LD_LIBRARY_PATH", &libs)
-        .env("RUSTFLAGS", format!("-L {} -L {}", lib.display(), stub.display()));
+        .env(
+            "RUSTFLAGS",
+            format!("-L {} -L {}", lib.display(), stub.display()),
+        );
     c
 }
 
@@ -315,14 +333,37 @@ fn build_cuda() -> Result<(PathBuf, PathBuf)> {
     let (cu, stub) = setup_cuda()?;
     let tdir = root().join("target/cuda");
     run(cuda_cargo(&cu, &stub)
-        .args(["build", "--release", "-p", "zipserv-cli", "--features", "cuda", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "zipserv-cli",
+            "--features",
+            "cuda",
+            "--target-dir",
+        ])
         .arg(&tdir))?;
     let o = cuda_cargo(&cu, &stub)
-        .args(["test", "--release", "-p", "zipserv-candle", "--features", "cuda", "--test", "gpu", "--no-run", "--message-format=json", "--target-dir"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "zipserv-candle",
+            "--features",
+            "cuda",
+            "--test",
+            "gpu",
+            "--no-run",
+            "--message-format=json",
+            "--target-dir",
+        ])
         .arg(&tdir)
         .output()?;
     if !o.status.success() {
-        bail!("building the candle GPU tests failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "building the candle GPU tests failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let tests = artifact(&o.stdout, "gpu").context("no gpu test binary in cargo's output")?;
     Ok((tdir.join("release/zipserv"), tests))
@@ -364,9 +405,12 @@ fn smollm2_gguf() -> Result<PathBuf> {
 
 fn demo() -> Result<()> {
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "zipserv-cli"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "zipserv-cli",
+    ]))?;
     let bin = root.join("target/release/zipserv");
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir)?;
@@ -416,7 +460,16 @@ fn gpu_bundle(args: &[String]) -> Result<()> {
     // The kernels' GPU test binary (cargo test --no-run).
     let o = Command::new("cargo")
         .current_dir(&root)
-        .args(["test", "--release", "-p", "zipserv-tests", "--test", "gpu", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "zipserv-tests",
+            "--test",
+            "gpu",
+            "--no-run",
+            "--message-format=json",
+        ])
         .output()?;
     let exe = artifact(&o.stdout, "gpu").context("no zipserv-tests gpu binary")?;
     pack(&exe, &dist.join("gpu-tests.xz"), true)?;
@@ -450,7 +503,9 @@ fn main() -> Result<()> {
         Some("demo") => demo(),
         Some("gpu-bundle") => gpu_bundle(&args[1..]),
         Some("setup-cuda") => setup_cuda().map(|(cu, _)| eprintln!("CUDA root: {}", cu.display())),
-        Some("build-cuda") => build_cuda().map(|(b, t)| eprintln!("built {} and {}", b.display(), t.display())),
+        Some("build-cuda") => {
+            build_cuda().map(|(b, t)| eprintln!("built {} and {}", b.display(), t.display()))
+        }
         _ => {
             eprintln!("usage: cargo xtask <build-ptx | test | demo | setup-cuda | build-cuda | gpu-bundle [--smollm2]>");
             std::process::exit(2)

@@ -116,7 +116,13 @@ impl Gpu {
         let threads = (cols / 8).div_ceil(2).div_ceil(32).clamp(1, 32) * 32;
         let cols32 = u(cols);
         let mut b = self.stream.launch_builder(&self.llm.rmsnorm);
-        b.arg(&x).arg(&delta).arg(&w).arg(&res).arg(&out).arg(&cols32).arg(&eps);
+        b.arg(&x)
+            .arg(&delta)
+            .arg(&w)
+            .arg(&res)
+            .arg(&out)
+            .arg(&cols32)
+            .arg(&eps);
         b.launch(LaunchConfig {
             grid_dim: (u(rows), 1, 1),
             block_dim: (u(threads), 1, 1),
@@ -235,7 +241,13 @@ impl Gpu {
         let chunk = u(chunk);
         let mut b = self.stream.launch_builder(&self.llm.attention);
         b.arg(&qkv).arg(&kc).arg(&vc).arg(&cos).arg(&sin).arg(&out);
-        b.arg(&p).arg(&t).arg(&nh).arg(&nkv).arg(&d).arg(&l).arg(&scale);
+        b.arg(&p)
+            .arg(&t)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&d)
+            .arg(&l)
+            .arg(&scale);
         b.arg(&ws).arg(&chunk);
         b.launch(LaunchConfig {
             grid_dim: (nh, u(rows), u(chunks)),
@@ -291,7 +303,9 @@ impl Gpu {
             return Ok(());
         }
         if cols == 0 || cols % 8 != 0 || cols > u32::MAX as usize {
-            return Err(Error::invalid(format!("argmax: rows of {cols}; the kernel takes multiples of 8")));
+            return Err(Error::invalid(format!(
+                "argmax: rows of {cols}; the kernel takes multiples of 8"
+            )));
         }
         let c = u(cols);
         let mut b = self.stream.launch_builder(&self.llm.argmax);
