@@ -19,11 +19,7 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
 status=0
-for f in dist/*.xz; do
-  [ -e "$f" ] || continue
-  python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$f" "${f%.xz}"
-  chmod +x "${f%.xz}"
-done
+bash scripts/unpack-dist.sh
 ZS=dist/zipserv
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$W/gpu.txt"
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then

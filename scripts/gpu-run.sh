@@ -19,12 +19,7 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
 ZS=dist/zipserv
 status=0
-# gpu-bundle ships the binaries xz-compressed (the device tool carries 64 MiB).
-for f in dist/*.xz; do
-  [ -e "$f" ] || continue
-  python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$f" "${f%.xz}"
-  chmod +x "${f%.xz}"
-done
+bash scripts/unpack-dist.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv > "$W/gpu.txt"
 cat "$W/gpu.txt"
 if [ "$MODE" != bench ]; then

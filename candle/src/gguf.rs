@@ -173,18 +173,7 @@ pub fn import(gguf: &Path, out: &Path, progress: &dyn Fn(usize, usize)) -> Resul
         .and_then(|v| v.to_string().ok().cloned());
     zipserv::ops::with_output_dir(out, |dir| {
         let io = |e: anyhow::Error| zipserv::Error::invalid(e.to_string());
-        let list: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = tensors
-            .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.as_str(),
-                    safetensors::Dtype::BF16,
-                    s.clone(),
-                    bytemuck::cast_slice::<u16, u8>(b),
-                )
-            })
-            .collect();
-        zipserv::container::write_file(&dir.join("model.safetensors"), &list, &[("format", "pt")])?;
+        crate::write_bf16_safetensors(&dir.join("model.safetensors"), &tensors)?;
         let cfg = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "torch_dtype": "bfloat16",

@@ -31,6 +31,26 @@ pub fn bits_tensor(bits: &[u16], shape: &[usize], dev: &Device) -> Result<Tensor
     Tensor::from_vec(v, shape, dev)
 }
 
+/// Write BF16 tensors `(name, shape, bit patterns)` as one safetensors file
+/// (atomically).
+pub fn write_bf16_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u16>)],
+) -> zipserv::Result<u64> {
+    let list: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.as_str(),
+                safetensors::Dtype::BF16,
+                s.clone(),
+                bytemuck::cast_slice::<u16, u8>(b),
+            )
+        })
+        .collect();
+    zipserv::container::write_file(path, &list, &[("format", "pt")])
+}
+
 enum Weight {
     /// TCA-TBE version 1 (CPU path).
     Cpu(CompressedMatrix),

@@ -331,22 +331,7 @@ impl Synthetic {
             tensors.push((n, s, b));
         }
         zipserv::ops::with_output_dir(dir, |d| {
-            let list: Vec<(&str, safetensors::Dtype, Vec<usize>, &[u8])> = tensors
-                .iter()
-                .map(|(n, s, b)| {
-                    (
-                        n.as_str(),
-                        safetensors::Dtype::BF16,
-                        s.clone(),
-                        bytemuck::cast_slice::<u16, u8>(b),
-                    )
-                })
-                .collect();
-            zipserv::container::write_file(
-                &d.join("model.safetensors"),
-                &list,
-                &[("format", "pt")],
-            )?;
+            crate::write_bf16_safetensors(&d.join("model.safetensors"), &tensors)?;
             std::fs::write(
                 d.join("config.json"),
                 serde_json::to_string_pretty(&self.cfg).unwrap(),
@@ -583,17 +568,29 @@ impl Llama {
             x(c.num_attention_heads * c.head_dim())?,
             x(c.intermediate_size)?,
         );
-        let mut times = Vec::with_capacity(runs);
-        for i in 0..warmup + runs {
-            self.dev.synchronize()?;
-            let t = std::time::Instant::now();
+        self.median_secs(warmup, runs, || {
             for l in &self.layers {
                 l.qkv.forward(&xh)?;
                 l.o.forward(&xa)?;
                 l.gate_up.forward(&xh)?;
                 l.down.forward(&xi)?;
             }
-            self.lm_head.forward(&xh)?;
+            self.lm_head.forward(&xh).map(|_| ())
+        })
+    }
+
+    /// Median wall seconds of `f` to completion on the device, after `warmup` runs.
+    fn median_secs(
+        &self,
+        warmup: usize,
+        runs: usize,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
+        let mut times = Vec::with_capacity(runs);
+        for i in 0..warmup + runs.max(1) {
+            self.dev.synchronize()?;
+            let t = std::time::Instant::now();
+            f()?;
             self.dev.synchronize()?;
             if i >= warmup {
                 times.push(t.elapsed().as_secs_f64());
@@ -619,21 +616,13 @@ impl Llama {
             &self.dev,
         )?;
         let scale = 1.0 / (self.shape.head_dim as f32).sqrt();
-        let mut times = Vec::with_capacity(runs);
-        for i in 0..warmup + runs {
-            self.dev.synchronize()?;
-            let t = std::time::Instant::now();
+        self.median_secs(warmup, runs, || {
             for c in &cache.layers {
                 ops::rope_append(c, &qkv, &self.rope, step)?;
                 ops::attention(&qkv, c, &self.rope, step, scale)?;
             }
-            self.dev.synchronize()?;
-            if i >= warmup {
-                times.push(t.elapsed().as_secs_f64());
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
+            Ok(())
+        })
     }
 
     /// An empty KV cache for `batch` sequences.

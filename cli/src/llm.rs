@@ -1,5 +1,5 @@
 //! `import-gguf`, `generate`, `compare` and `bench-e2e`: the candle side.
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -119,16 +119,33 @@ fn cuda_device() -> Result<Device> {
     bail!("this zipserv was built without CUDA support (build it with `cargo xtask build-cuda`)")
 }
 
-fn layer_bar(quiet: bool, what: &str) -> Option<ProgressBar> {
-    if quiet {
-        return None;
+/// A progress bar over counted steps (layers, tensors); nothing when quiet.
+struct Steps(Option<ProgressBar>);
+
+impl Steps {
+    fn new(quiet: bool, what: &str) -> Steps {
+        if quiet {
+            return Steps(None);
+        }
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
+                .unwrap(),
+        );
+        b.set_message(what.to_string());
+        Steps(Some(b))
     }
-    let b = ProgressBar::new(0);
-    b.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}").unwrap(),
-    );
-    b.set_message(what.to_string());
-    Some(b)
+    fn update(&self, done: usize, total: usize) {
+        if let Some(b) = &self.0 {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    }
+    fn finish(self) {
+        if let Some(b) = self.0 {
+            b.finish_and_clear();
+        }
+    }
 }
 
 fn load(
@@ -149,16 +166,9 @@ fn load(
     let max_len = cfg
         .max_position_embeddings
         .map_or(m.max_len, |p| p.min(m.max_len));
-    let bar = layer_bar(quiet, &format!("loading ({mode:?} weights)"));
-    let model = Llama::load(&ck, cfg, mode, max_len, dev, &|d, t| {
-        if let Some(b) = &bar {
-            b.set_length(t as u64);
-            b.set_position(d as u64);
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let bar = Steps::new(quiet, &format!("loading ({mode:?} weights)"));
+    let model = Llama::load(&ck, cfg, mode, max_len, dev, &|d, t| bar.update(d, t))?;
+    bar.finish();
     Ok((model, tk))
 }
 
@@ -189,16 +199,9 @@ fn prompt_ids(
 }
 
 pub fn import_gguf(gguf: &Path, out: &Path, quiet: bool) -> Result<()> {
-    let bar = layer_bar(quiet, "tensors");
-    let r = zipserv_candle::gguf::import(gguf, out, &|d, t| {
-        if let Some(b) = &bar {
-            b.set_length(t as u64);
-            b.set_position(d as u64);
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let bar = Steps::new(quiet, "tensors");
+    let r = zipserv_candle::gguf::import(gguf, out, &|d, t| bar.update(d, t))?;
+    bar.finish();
     let c = &r.config;
     println!(
         "wrote {}: {} tensors, {:.1} M parameters (BF16), {} layers, hidden {}, {} heads / {} kv heads, vocab {}",
@@ -417,39 +420,15 @@ pub fn compare(a: &CompareArgs, quiet: bool) -> Result<()> {
         }
     );
     if let Some(j) = &a.json {
-        write_atomic(j, serde_json::to_string_pretty(&results)?.as_bytes())?;
+        zipserv::container::write_bytes_atomic(
+            j,
+            serde_json::to_string_pretty(&results)?.as_bytes(),
+        )?;
     }
     if !all_explained {
         bail!("generation from compressed weights diverged beyond rounding");
     }
     Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = zipserv::container::parent_dir(path);
-    std::fs::create_dir_all(dir)?;
-    let mut t = tempfile_in(dir)?;
-    t.1.write_all(bytes)?;
-    t.1.sync_all()?;
-    std::fs::rename(&t.0, path).with_context(|| path.display().to_string())?;
-    Ok(())
-}
-
-fn tempfile_in(dir: &Path) -> Result<(PathBuf, std::fs::File)> {
-    for i in 0..1000u32 {
-        let p = dir.join(format!(".zipserv-tmp-{}-{i}", std::process::id()));
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            return Ok((p, f));
-        }
-    }
-    Err(anyhow!(
-        "cannot create a temporary file in {}",
-        dir.display()
-    ))
 }
 
 /// Free device memory (bytes), where it can be read.
@@ -564,16 +543,11 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
     for mode in [Weights::Zip, Weights::Bf16] {
         let free0 = free_memory(&dev);
         let t = Instant::now();
-        let bar = layer_bar(quiet, &format!("building the {mode:?} model"));
+        let bar = Steps::new(quiet, &format!("building the {mode:?} model"));
         let model = Llama::load(&src, cfg.clone(), mode, max_len, &dev, &|d, n| {
-            if let Some(b) = &bar {
-                b.set_length(n as u64);
-                b.set_position(d as u64);
-            }
+            bar.update(d, n)
         })?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
+        bar.finish();
         let used = free0
             .zip(free_memory(&dev))
             .map(|(a, b)| a.saturating_sub(b));
@@ -651,7 +625,7 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
         100.0 * *zlin as f64 / *blin as f64
     );
     if let Some(p) = &a.csv {
-        write_atomic(p, csv.as_bytes())?;
+        zipserv::container::write_bytes_atomic(p, csv.as_bytes())?;
         println!("wrote {}", p.display());
     }
     Ok(())

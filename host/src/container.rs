@@ -198,6 +198,18 @@ fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Write `bytes` to `path` atomically (a temporary file beside it, synced,
+/// then renamed), creating the parent directory if needed.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut t = temp_beside(path)?;
+    t.write_all(bytes).map_err(|e| Error::io(t.path(), e))?;
+    t.as_file().sync_all().map_err(|e| Error::io(t.path(), e))?;
+    t.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
 /// Write a whole safetensors file from in-memory `(name, dtype, shape, bytes)`
 /// tensors and `__metadata__` entries, atomically.
 pub fn write_file(

@@ -391,31 +391,35 @@ impl Gpu {
         counters: usize,
         dense: usize,
     ) -> Result<(u64, u64, u64)> {
-        let mut s = self.scratch.lock().unwrap();
-        let st = &self.stream;
-        if s.ws.as_ref().is_none_or(|w| w.len() < ws_len) {
-            s.ws = Some(st.alloc_zeros::<f32>(ws_len.max(1)).map_err(gpu_err)?);
-        }
-        if s.counters.as_ref().is_none_or(|w| w.len() < counters) {
-            s.counters = Some(st.alloc_zeros::<u32>(counters.max(1)).map_err(gpu_err)?);
-        }
-        if dense > 0 && s.dense.as_ref().is_none_or(|w| w.len() < dense) {
-            s.dense = Some(st.alloc_zeros::<u16>(dense).map_err(gpu_err)?);
-        }
-        Ok((
-            self.ptr(s.ws.as_ref().unwrap()),
-            self.ptr(s.counters.as_ref().unwrap()),
-            s.dense.as_ref().map(|d| self.ptr(d)).unwrap_or(0),
-        ))
+        let mut guard = self.scratch.lock().unwrap();
+        let s = &mut *guard;
+        let ws = self.grown(&mut s.ws, ws_len)?;
+        let ctr = self.grown(&mut s.counters, counters)?;
+        let dense = if dense > 0 {
+            self.grown(&mut s.dense, dense)?
+        } else {
+            s.dense.as_ref().map(|d| self.ptr(d)).unwrap_or(0)
+        };
+        Ok((ws, ctr, dense))
     }
 
     /// The attention kernel's flash-decoding workspace (`ws` floats): address.
     fn attn_scratch(&self, ws: usize) -> Result<u64> {
-        let mut s = self.scratch.lock().unwrap();
-        if s.attn_ws.as_ref().is_none_or(|w| w.len() < ws) {
-            s.attn_ws = Some(self.stream.alloc_zeros::<f32>(ws.max(1)).map_err(gpu_err)?);
+        let mut guard = self.scratch.lock().unwrap();
+        self.grown(&mut guard.attn_ws, ws)
+    }
+
+    /// The address of `slot`'s buffer, first replaced by a zeroed one of `len`
+    /// elements (at least one) if it is missing or shorter.
+    fn grown<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        slot: &mut Option<CudaSlice<T>>,
+        len: usize,
+    ) -> Result<u64> {
+        if slot.as_ref().is_none_or(|w| w.len() < len) {
+            *slot = Some(self.stream.alloc_zeros::<T>(len.max(1)).map_err(gpu_err)?);
         }
-        Ok(self.ptr(s.attn_ws.as_ref().unwrap()))
+        Ok(self.ptr(slot.as_ref().unwrap()))
     }
 
     /// Reserve the workspaces for matrices up to `max_m x max_k` and N up to
