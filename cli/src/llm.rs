@@ -243,7 +243,8 @@ pub fn generate(a: &GenerateArgs, quiet: bool) -> Result<()> {
         let mut first: Option<f64> = None;
         let mut stream: Vec<u32> = Vec::new();
         let mut printed = 0usize;
-        print!("{p}");
+        // The prompt, then the answer as it comes (on its own line in chat form).
+        print!("{p}{}", if a.m.chat { "\n" } else { "" });
         let out = model.generate(
             std::slice::from_ref(&ids),
             a.max_new,

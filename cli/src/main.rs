@@ -120,8 +120,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.kept.len(),
                 s.files
             );
+            // Kept tensors grouped by reason (a model has dozens of norms).
+            let mut by_reason: Vec<(&String, Vec<&String>)> = Vec::new();
             for (n, why) in &s.kept {
-                println!("  kept {n}: {why}");
+                match by_reason.iter_mut().find(|(w, _)| *w == why) {
+                    Some((_, names)) => names.push(n),
+                    None => by_reason.push((why, vec![n])),
+                }
+            }
+            for (why, names) in by_reason {
+                match names.len() {
+                    1 => println!("  kept {}: {why}", names[0]),
+                    k => println!("  kept {k} tensors ({}, ...): {why}", names[0]),
+                }
             }
             println!("original   {}", gib(s.original_bytes));
             println!(

