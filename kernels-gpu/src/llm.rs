@@ -1,13 +1,17 @@
 //! The small fused kernels of a Llama-family decoder step (nvptx64), so that a
 //! layer is eight launches: RMSNorm (with the residual add folded in), the
 //! q/k/v projection, RoPE + KV-cache append, attention, the output projection,
-//! RMSNorm, the gate/up projection, SiLU-times-up and the down projection.
+//! RMSNorm, the gate/up projection, SiLU-times-up and the down projection
+//! (plus the greedy argmax of the logits).
 //!
-//! The arithmetic is specified once, here, and mirrored line by line by the
-//! CPU implementations in `zipserv-candle` (`ops.rs`), which the GPU tests
+//! The arithmetic is specified once, here, and mirrored formula for formula by
+//! the CPU implementations in `zipserv-candle` (`ops.rs`), which the GPU tests
 //! compare against: every input and output is BF16, every sum is FP32, and the
 //! values are rounded to BF16 where a BF16 model rounds them (residual sums,
 //! normalised activations before the norm weight, SiLU before the product).
+//! Sums run in another order on the GPU (block reductions, and attention split
+//! over a sequence's keys when the grid is small), so results agree to an ulp
+//! or two, not bit for bit.
 //!
 //! Layouts (row-major, BF16 unless said): activations `[rows][cols]`; the fused
 //! projection output `qkv[row][(nh + 2 nkv) d]` as `q heads | k heads | v heads`;
