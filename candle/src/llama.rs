@@ -116,6 +116,21 @@ impl Config {
         }
         Ok(f.into_iter().map(|x| x as f32).collect())
     }
+    /// A 2-layer model of the same kind (tests, smoke runs): hidden 256, 4/2
+    /// heads of 64, vocabulary 1024, tied head.
+    pub fn tiny() -> Config {
+        Config {
+            hidden_size: 256,
+            intermediate_size: 512,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            head_dim: Some(64),
+            vocab_size: 1024,
+            tie_word_embeddings: true,
+            ..Config::llama31_8b()
+        }
+    }
     /// The Llama-3.1-8B shape (for benchmarks on synthetic weights).
     pub fn llama31_8b() -> Config {
         Config {

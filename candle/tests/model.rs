@@ -8,20 +8,6 @@ use zipserv_candle::llama::{Config, Llama, Sampler, Synthetic, Weights};
 use zipserv_candle::ops::{self, AttnShape, Step};
 use zipserv_candle::Checkpoint;
 
-fn tiny() -> Config {
-    Config {
-        hidden_size: 256,
-        intermediate_size: 512,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: Some(2),
-        head_dim: Some(64),
-        vocab_size: 1024,
-        tie_word_embeddings: true,
-        ..Config::llama31_8b()
-    }
-}
-
 fn logits_f32(t: &Tensor) -> Vec<Vec<f32>> {
     t.to_dtype(DType::F32).unwrap().to_vec2().unwrap()
 }
@@ -33,7 +19,7 @@ fn compressed_and_bf16_checkpoints_give_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
     let (plain, zip) = (dir.path().join("bf16"), dir.path().join("zip"));
     let syn = Synthetic {
-        cfg: tiny(),
+        cfg: Config::tiny(),
         seed: 3,
     };
     syn.write(&plain).unwrap();
@@ -79,7 +65,7 @@ fn compressed_and_bf16_checkpoints_give_identical_logits() {
 #[test]
 fn prefill_agrees_with_step_by_step_decoding() {
     let dev = Device::Cpu;
-    let cfg = tiny();
+    let cfg = Config::tiny();
     let m = Llama::load(
         &Synthetic {
             cfg: cfg.clone(),

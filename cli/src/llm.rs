@@ -516,16 +516,7 @@ pub fn bench_e2e(a: &BenchE2eArgs, quiet: bool) -> Result<()> {
     let dev = device(&a.device)?;
     let mut cfg = match a.shape.as_str() {
         "llama31-8b" => Config::llama31_8b(),
-        "tiny" => Config {
-            hidden_size: 256,
-            intermediate_size: 512,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: Some(2),
-            head_dim: Some(64),
-            vocab_size: 1024,
-            ..Config::llama31_8b()
-        },
+        "tiny" => Config::tiny(),
         other => bail!("--shape {other:?}: expected llama31-8b or tiny"),
     };
     if let Some(l) = a.layers {
