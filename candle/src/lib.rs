@@ -324,48 +324,81 @@ impl Module for ZipLinear {
 
 /// A checkpoint: the tensors of a safetensors file or of a directory of them,
 /// compressed by zipserv or not. Compressed matrices stay in TCA-TBE until
-/// asked for; every checksum of a compressed file is verified on load.
+/// asked for; every checksum of a compressed file is verified on load. Plain
+/// tensors stay in the memory-mapped files (nothing is copied until asked for).
 pub struct Checkpoint {
+    files: Vec<MappedFile>,
     compressed: HashMap<String, CompressedMatrix>,
-    /// Plain tensors: dtype, shape, bytes.
-    plain: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+    plain: HashMap<String, Plain>,
+}
+
+/// Where a plain tensor lies: file index, dtype, shape, byte range.
+struct Plain {
+    file: usize,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
+}
+
+impl Plain {
+    fn of(file: usize, mf: &MappedFile, t: &safetensors::tensor::TensorView<'_>) -> Plain {
+        let start = t.data().as_ptr() as usize - mf.bytes().as_ptr() as usize;
+        Plain {
+            file,
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            bytes: start..start + t.data().len(),
+        }
+    }
 }
 
 impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let mut ck = Checkpoint {
+            files: Vec::new(),
             compressed: HashMap::new(),
             plain: HashMap::new(),
         };
         for file in zipserv::container::safetensors_files(path).map_err(err)? {
             let mf = MappedFile::open(&file).map_err(err)?;
-            let st = mf.tensors().map_err(err)?;
-            match mf.zipserv_meta().map_err(err)? {
-                Some(meta) => {
-                    for (name, tm) in &meta.compressed {
-                        decode_checked(&st, name, tm).map_err(err)?;
-                        ck.compressed
-                            .insert(name.clone(), read_compressed(&st, name, tm).map_err(err)?);
+            let fi = ck.files.len();
+            {
+                let st = mf.tensors().map_err(err)?;
+                match mf.zipserv_meta().map_err(err)? {
+                    Some(meta) => {
+                        for (name, tm) in &meta.compressed {
+                            decode_checked(&st, name, tm).map_err(err)?;
+                            ck.compressed
+                                .insert(name.clone(), read_compressed(&st, name, tm).map_err(err)?);
+                        }
+                        for (name, km) in &meta.kept {
+                            let t = kept_checked(&st, name, km).map_err(err)?;
+                            ck.plain.insert(name.clone(), Plain::of(fi, &mf, &t));
+                        }
                     }
-                    for (name, km) in &meta.kept {
-                        let t = kept_checked(&st, name, km).map_err(err)?;
-                        ck.plain.insert(
-                            name.clone(),
-                            (t.dtype(), t.shape().to_vec(), t.data().to_vec()),
-                        );
-                    }
-                }
-                None => {
-                    for (name, t) in st.tensors() {
-                        ck.plain.insert(
-                            name.clone(),
-                            (t.dtype(), t.shape().to_vec(), t.data().to_vec()),
-                        );
+                    None => {
+                        for (name, t) in st.tensors() {
+                            ck.plain.insert(name.clone(), Plain::of(fi, &mf, &t));
+                        }
                     }
                 }
             }
+            ck.files.push(mf);
         }
         Ok(ck)
+    }
+
+    /// A plain tensor: dtype, shape, bytes (in the mapped file).
+    fn plain(&self, name: &str) -> Result<(safetensors::Dtype, &[usize], &[u8])> {
+        let p = self
+            .plain
+            .get(name)
+            .ok_or_else(|| err(format!("no tensor {name}")))?;
+        Ok((
+            p.dtype,
+            &p.shape,
+            &self.files[p.file].bytes()[p.bytes.clone()],
+        ))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -394,10 +427,7 @@ impl Checkpoint {
                 vec![m.rows, m.cols],
             ));
         }
-        let (dt, shape, bytes) = self
-            .plain
-            .get(name)
-            .ok_or_else(|| err(format!("no tensor {name}")))?;
+        let (dt, shape, bytes) = self.plain(name)?;
         let bits = match dt {
             safetensors::Dtype::BF16 => zipserv::container::bf16_bits(bytes).into_owned(),
             safetensors::Dtype::F32 => bytes
@@ -416,7 +446,7 @@ impl Checkpoint {
                 )))
             }
         };
-        Ok((bits, shape.clone()))
+        Ok((bits, shape.to_vec()))
     }
 
     /// Any tensor on `device` in its own dtype (compressed ones decoded to BF16).
@@ -425,10 +455,7 @@ impl Checkpoint {
             let bits = zipserv::decode::decode(m).map_err(err)?;
             return bits_tensor(&bits, &[m.rows, m.cols], device);
         }
-        let (dt, shape, bytes) = self
-            .plain
-            .get(name)
-            .ok_or_else(|| err(format!("no tensor {name}")))?;
+        let (dt, shape, bytes) = self.plain(name)?;
         let dtype = match dt {
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F16 => DType::F16,

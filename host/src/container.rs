@@ -133,6 +133,10 @@ impl MappedFile {
             map,
         })
     }
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
     pub fn tensors(&self) -> Result<SafeTensors<'_>> {
         SafeTensors::deserialize(&self.map).map_err(|e| {
             Error::invalid(format!(
