@@ -51,6 +51,11 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "auto")]
     pub weights: WeightsArg,
+    /// Tune the fused kernels for this model on this GPU first and save the
+    /// plans for later runs (see `zipserv::gpu::plans`; saved plans are always
+    /// used when present).
+    #[arg(long)]
+    pub tune: bool,
 }
 
 #[derive(clap::Args)]
@@ -172,6 +177,34 @@ fn load(
     Ok((model, tk))
 }
 
+/// On CUDA: use this card's saved kernel plans, and with `tune` tune the
+/// model's shapes for batch 1 and save the plans.
+fn plans(model: &Llama, dev: &Device, tune: bool, quiet: bool) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cd) = dev {
+        let gpu = zipserv_candle::cuda::gpu_for(cd)?;
+        let Some(path) = zipserv::gpu::plans::default_path(&gpu.name) else {
+            return Ok(());
+        };
+        match gpu.load_plans(&path) {
+            Ok(0) => {}
+            Ok(n) if !quiet => eprintln!("using {n} tuned kernel plans from {}", path.display()),
+            Ok(_) => {}
+            Err(e) => eprintln!("zipserv: warning: ignoring saved plans: {e}"),
+        }
+        if tune {
+            model.tune(1)?;
+            let n = gpu.save_plans(&path)?;
+            eprintln!("tuned; {n} kernel plans saved to {}", path.display());
+        }
+    }
+    if tune && dev.is_cpu() {
+        eprintln!("--tune: the CPU path has no kernel plans to tune");
+    }
+    let _ = (model, quiet);
+    Ok(())
+}
+
 fn prompt_ids(
     m: &ModelArgs,
     model: &Llama,
@@ -220,6 +253,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, quiet: bool) -> Result<()> {
 pub fn generate(a: &GenerateArgs, quiet: bool) -> Result<()> {
     let dev = device(&a.m.device)?;
     let (model, tk) = load(&a.m, a.weights, &dev, quiet)?;
+    plans(&model, &dev, a.tune, quiet)?;
     let (lin, all) = model.weight_bytes();
     eprintln!(
         "{:?} weights on {:?}: linear layers {:.1} MB, all weights {:.1} MB",

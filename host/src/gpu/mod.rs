@@ -3,6 +3,7 @@
 //! the library builds and runs (without a GPU) on machines with no CUDA.
 pub mod bench;
 pub mod llm;
+pub mod plans;
 
 use crate::device_layout::DeviceMatrix;
 use crate::error::{Error, Result};
@@ -372,6 +373,47 @@ impl Gpu {
             variant,
             split: split_for(kt, sk),
         }
+    }
+
+    /// Use the plans saved for this card in `path` (see [`plans::PlanCache`]);
+    /// returns how many were loaded (0 when the file is missing or written for
+    /// another card or another build's kernels).
+    pub fn load_plans(&self, path: &std::path::Path) -> Result<usize> {
+        let Some(c) = plans::PlanCache::load(path, &self.name)? else {
+            return Ok(0);
+        };
+        let mut t = self.tuned.lock().unwrap();
+        for e in &c.plans {
+            t.insert((e.m, e.k, e.n8), e.plan());
+        }
+        Ok(c.plans.len())
+    }
+
+    /// Save the plans [`Gpu::tune`] chose (with those loaded before) to `path`.
+    pub fn save_plans(&self, path: &std::path::Path) -> Result<usize> {
+        let mut entries: Vec<plans::PlanEntry> = self
+            .tuned
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&(m, k, n8), p)| plans::PlanEntry {
+                m,
+                k,
+                n8,
+                variant: p.variant,
+                sk: p.split.sk,
+                tps: p.split.tps,
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.m, e.k, e.n8));
+        let n = entries.len();
+        plans::PlanCache {
+            fingerprint: plans::fingerprint(),
+            card: self.name.clone(),
+            plans: entries,
+        }
+        .save(path)?;
+        Ok(n)
     }
 
     /// The plan used for (m, k, n): tuned if [`Gpu::tune`] ran, else the default.
