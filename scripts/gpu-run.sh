@@ -33,7 +33,7 @@ if [ "$MODE" != bench ]; then
   compute-sanitizer --tool racecheck --error-exitcode 3 $ZS gpu-test --tiny > "$W/racecheck.log" 2>&1 || status=1
   tail -n 2 "$W/racecheck.log"
   echo "== SASS"
-  ptxas -arch=sm_90 -v dist/zipserv_kernels.sm_90.ptx -o "$W/k.cubin" > "$W/ptxas.txt" 2>&1
+  ptxas -arch=sm_90a -v dist/zipserv_kernels.sm_90a.ptx -o "$W/k.cubin" > "$W/ptxas.txt" 2>&1
   cuobjdump -sass "$W/k.cubin" > "$W/sass.txt" 2>&1 && python3 scripts/sass_count.py "$W/sass.txt" > "$W/sass-count.txt"
   rm -f "$W/k.cubin"
 fi

@@ -26,7 +26,7 @@ pub(crate) fn smem_base() -> u32 {
 }
 
 #[inline(always)]
-unsafe fn cp_async16(dst: u32, src: *const u8) {
+pub(crate) unsafe fn cp_async16(dst: u32, src: *const u8) {
     asm!("cp.async.cg.shared.global [{0}], [{1}], 16;", in(reg32) dst, in(reg64) src, options(nostack));
 }
 
@@ -43,12 +43,12 @@ pub(crate) fn bar_sync() {
 }
 
 #[inline(always)]
-unsafe fn cp_async_commit() {
+pub(crate) unsafe fn cp_async_commit() {
     asm!("cp.async.commit_group;", options(nostack));
 }
 
 #[inline(always)]
-unsafe fn cp_async_wait<const N: usize>() {
+pub(crate) unsafe fn cp_async_wait<const N: usize>() {
     asm!("cp.async.wait_group {n};", n = const N, options(nostack));
 }
 
@@ -61,7 +61,7 @@ unsafe fn lds_u32(addr: u32) -> u32 {
 
 /// Stage one tile record into shared memory (3 16-byte copies a lane at most).
 #[inline(always)]
-unsafe fn stage_tile(records: *const u8, tile: u32, lane: u32, dst: u32) {
+pub(crate) unsafe fn stage_tile(records: *const u8, tile: u32, lane: u32, dst: u32) {
     let rec = records.add(tile as usize * DT_RECORD_BYTES);
     cp_async16(dst + lane * 16, rec.add(lane as usize * 16));
     cp_async16(dst + 512 + lane * 16, rec.add(512 + lane as usize * 16));
@@ -72,7 +72,7 @@ unsafe fn stage_tile(records: *const u8, tile: u32, lane: u32, dst: u32) {
 
 /// A staged tile as this lane needs it.
 #[inline(always)]
-unsafe fn read_staged(src: u32, lane: u32) -> TileRegs {
+pub(crate) unsafe fn read_staged(src: u32, lane: u32) -> TileRegs {
     TileRegs {
         lo: [lds_v4(src + lane * 16), lds_v4(src + 512 + lane * 16)],
         sel: [
@@ -115,7 +115,7 @@ unsafe fn ld_nc_u16(p: *const u16) -> u32 {
 
 /// Activation load (cached in L1: the warps of a block read the same columns).
 #[inline(always)]
-unsafe fn ld_act_v4(p: *const u16) -> [u32; 4] {
+pub(crate) unsafe fn ld_act_v4(p: *const u16) -> [u32; 4] {
     let (a, b, c, d): (u32, u32, u32, u32);
     asm!("ld.global.nc.v4.u32 {{{0}, {1}, {2}, {3}}}, [{4}];",
         out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) p,
@@ -196,7 +196,7 @@ pub(crate) fn f32_to_bf16(x: f32) -> u16 {
 
 /// One tile's compressed data as a lane holds it.
 #[derive(Clone, Copy)]
-struct TileRegs {
+pub(crate) struct TileRegs {
     lo: [[u32; 4]; 2],
     sel: [u32; 3],
 }
@@ -219,14 +219,14 @@ unsafe fn load_tile(records: *const u8, tile: u32, lane: u32) -> TileRegs {
 
 /// Exception list bounds of a tile's two halves: `[start0, start1, end1]`.
 #[inline(always)]
-unsafe fn load_exc_bounds(exc_off: *const u32, tile: u32) -> [u32; 3] {
+pub(crate) unsafe fn load_exc_bounds(exc_off: *const u32, tile: u32) -> [u32; 3] {
     let p = exc_off.add(2 * tile as usize);
     [ld_nc_u32(p), ld_nc_u32(p.add(1)), ld_nc_u32(p.add(2))]
 }
 
 /// This lane's first exception entry of each half (0 when it has none).
 #[inline(always)]
-unsafe fn load_exc_first(exc: *const u16, b: [u32; 3], lane: u32) -> [u32; 2] {
+pub(crate) unsafe fn load_exc_first(exc: *const u16, b: [u32; 3], lane: u32) -> [u32; 2] {
     let mut e = [0u32; 2];
     if b[0] + lane < b[1] {
         e[0] = ld_nc_u16(exc.add((b[0] + lane) as usize));
@@ -300,7 +300,7 @@ fn assemble(lo: &[u32; 4], h: &[u32; 4]) -> [u32; 8] {
 /// Decode half `half` of a lane's tile into its 8 A registers: high bytes
 /// (table lookup, exceptions patched) interleaved with the low bytes.
 #[inline(always)]
-unsafe fn decode_half(
+pub(crate) unsafe fn decode_half(
     t: &TileRegs,
     half: usize,
     tab: (u32, u32),
@@ -336,7 +336,7 @@ fn mma_half<const NB: usize>(acc: &mut [[f32; 4]; NB], a: &[u32; 8], bx: &[[u32;
 }
 
 #[inline(always)]
-fn lane_warp() -> (u32, u32) {
+pub(crate) fn lane_warp() -> (u32, u32) {
     let tid = unsafe { _thread_idx_x() } as u32;
     (tid % 32, tid / 32)
 }
@@ -447,20 +447,20 @@ pub unsafe extern "gpu-kernel" fn zs_gather_rows(
 /// The arguments of every ZipGEMM kernel (entry points take them as separate
 /// pointers and scalars and bundle them here).
 #[derive(Clone, Copy)]
-struct GemmArgs {
-    records: *const u8,
-    exc_off: *const u32,
-    exc: *const u16,
-    tab: (u32, u32),
-    x: *const u16,
-    y: *mut u16,
-    ws: *mut f32,
-    counters: *mut u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    sk: u32,
-    tps: u32,
+pub(crate) struct GemmArgs {
+    pub(crate) records: *const u8,
+    pub(crate) exc_off: *const u32,
+    pub(crate) exc: *const u16,
+    pub(crate) tab: (u32, u32),
+    pub(crate) x: *const u16,
+    pub(crate) y: *mut u16,
+    pub(crate) ws: *mut f32,
+    pub(crate) counters: *mut u32,
+    pub(crate) m: u32,
+    pub(crate) n: u32,
+    pub(crate) k: u32,
+    pub(crate) sk: u32,
+    pub(crate) tps: u32,
 }
 
 /// ZipGEMM block: 8 warps, each owning `RS` consecutive 16-row strips, all on
@@ -655,7 +655,7 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(a: GemmArgs) {
 /// of the `sk` warps of the strips converts them to BF16 and clears the
 /// workspace and its counter for the next call.
 #[inline(always)]
-unsafe fn finish<const NB: usize, const RS: usize>(
+pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     acc: &[[[f32; 4]; NB]; RS],
     y: *mut u16,
     ws: *mut f32,

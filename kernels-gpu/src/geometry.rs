@@ -186,5 +186,11 @@ pub const ZG_SCRATCH: usize = 512;
 /// then (block-staged kernel) `stages` stages of an activation tile
 /// (`8 nb` rows x 64 columns of BF16) and `8 rs` tile records.
 pub const fn zipgemm_smem_bytes(rs: usize, nb: usize, stages: usize) -> usize {
-    ZG_WARPS * ZG_SCRATCH + stages * (nb * 1024 + ZG_WARPS * rs * DT_RECORD_BYTES)
+    zipgemm_smem_bytes_w(ZG_WARPS, rs, nb, stages)
+}
+
+/// [`zipgemm_smem_bytes`] for a block of `warps` warps (the Hopper kernel,
+/// one record a warp, comes in 8- and 16-warp builds).
+pub const fn zipgemm_smem_bytes_w(warps: usize, rs: usize, nb: usize, stages: usize) -> usize {
+    warps * ZG_SCRATCH + stages * (nb * 1024 + warps * rs * DT_RECORD_BYTES)
 }

@@ -16,7 +16,12 @@
 pub mod geometry;
 
 #[cfg(target_arch = "nvptx64")]
+#[macro_use]
 pub mod device;
+
+/// Hopper-only kernels (`wgmma`): built for sm_90a only (`--cfg zs_wgmma`).
+#[cfg(all(target_arch = "nvptx64", zs_wgmma))]
+pub mod hopper;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod llm;

@@ -1,6 +1,6 @@
 //! `cargo xtask <command>`: the project's build and run recipes.
 //!
-//! * `build-ptx`: kernels-gpu -> PTX for sm_80 and sm_90, validated by ptxas.
+//! * `build-ptx`: kernels-gpu -> PTX for sm_80, sm_90 and sm_90a, validated by ptxas.
 //! * `test`: build-ptx, then every test of the workspace.
 //! * `demo`: compress a Llama-shaped layer of realistic weights, verify it,
 //!   print the table; import SmolLM2-135M from its GGUF, compress it and
@@ -21,7 +21,7 @@ const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
 /// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
 /// give 4 blocks, 80 give 3, 128 give 2).
-const MAXNREG: [(&str, u32); 7] = [
+const MAXNREG: [(&str, u32); 8] = [
     // 512 threads: two blocks a multiprocessor.
     ("zs_attention", 64),
     ("zs_gemm_r0_nb1", 80),
@@ -30,12 +30,18 @@ const MAXNREG: [(&str, u32); 7] = [
     ("zs_gemm_r0_nb2_d1c64", 64),
     ("zs_gemm_r0_nb4_d1jc80", 80),
     ("zs_gemm_r1_nb8", 128),
+    // Two blocks a multiprocessor (the 3-stage ring leaves room for them).
+    ("zs_gemm_r3_nb16_s3", 128),
 ];
 
 /// Insert `.maxnreg` after the parameter list of each capped kernel.
 fn cap_registers(ptx: &str) -> Result<String> {
     let mut out = ptx.to_string();
     for (name, regs) in MAXNREG {
+        // The Hopper kernels exist in the sm_90a build only.
+        if name.starts_with("zs_gemm_r3") && !out.contains(".target sm_90a") {
+            continue;
+        }
         let head = format!(".entry {name}(\n");
         let at = out
             .find(&head)
@@ -55,7 +61,9 @@ fn cap_registers(ptx: &str) -> Result<String> {
     }
     Ok(out)
 }
-const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+/// PTX builds: sm_80 (Ampere and Ada), sm_90 (Hopper and newer, by JIT), and
+/// sm_90a (H100/H200 exactly: adds the `wgmma` kernels, `--cfg zs_wgmma`).
+const ARCHS: [&str; 3] = ["sm_80", "sm_90", "sm_90a"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -157,6 +165,9 @@ fn build_ptx() -> Result<()> {
                 "-C",
                 "llvm-args=-unroll-threshold=3000",
             ]);
+        if arch == "sm_90a" {
+            c.args(["--cfg", "zs_wgmma"]);
+        }
         run(&mut c)?;
         let ptx = tdir.join("nvptx64-nvidia-cuda/release/zipserv_kernels.ptx");
         let dst = out_dir.join(format!("zipserv_kernels.{arch}.ptx"));

@@ -254,8 +254,8 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
             .map_err(gpu_err)?;
         let y = gpu.stream.alloc_zeros::<u16>(32 * r).map_err(gpu_err)?;
         let mut ok = true;
-        for rs in [0, 1, 2] {
-            if let Some(v) = variant_for(rs, 32) {
+        for rs in FAMILIES {
+            if let Some(&v) = gpu.variants(rs, 32).first() {
                 let p = Plan {
                     variant: v,
                     split: split_for((c / 64) as u32, 2),
@@ -308,8 +308,8 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
             let mut variants: Vec<(String, Option<Plan>)> = vec![("dispatched".into(), None)];
             if n <= FUSED_MAX_N {
                 let kt = (k / 64) as u32;
-                for rs in [0, 1, 2] {
-                    for v in variants_for(rs, n) {
+                for rs in FAMILIES {
+                    for v in gpu.variants(rs, n) {
                         for sk in [1, 3] {
                             let p = Plan {
                                 variant: v,

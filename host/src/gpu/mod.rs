@@ -18,12 +18,15 @@ use std::sync::{Arc, Mutex};
 pub const WARPS: u32 = zipserv_kernels::geometry::ZG_WARPS as u32;
 /// The fused kernel variants `(strips per warp, 8-column blocks, ring stages)`;
 /// 0 strips names the warp-independent kernel (one strip a warp, no staging);
-/// a `_d1` suffix names the build that loads records one tile ahead, not two,
-/// `j` one that loads activations just in time, `cNN` a register cap of NN;
-/// the last field is the block size in warps (the warp-independent kernel takes
-/// any; the block-staged one needs 8). Must agree with `gemm_kernels!` in
-/// `kernels-gpu/src/device.rs`.
-pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 20] = [
+/// 1 and 2 the block-staged one (`mma.sync`); **3 the Hopper kernel**
+/// (`wgmma`, one strip a warp, four warps a 64-row wgmma tile, activations
+/// rewritten first into the tensor cores' layout; sm_90a PTX only, so only on
+/// compute capability 9.0). A `_d1` suffix names the build that loads records
+/// one tile ahead, not two, `j` one that loads activations just in time, `cNN`
+/// a register cap of NN; the last field is the block size in warps (the
+/// warp-independent kernel takes any; the others need 8). Must agree with
+/// `gemm_kernels!` in `kernels-gpu/src/device.rs` and `hopper.rs`.
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 27] = [
     (0, 1, 0, "", 8),
     (0, 1, 0, "_d1", 8),
     (0, 1, 0, "_d1c64", 8),
@@ -44,7 +47,18 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 20] = [
     (2, 4, 3, "", 8),
     (2, 8, 3, "", 8),
     (2, 16, 3, "", 8),
+    (3, 4, 5, "", 8),
+    (3, 8, 5, "", 8),
+    (3, 16, 4, "", 8),
+    (3, 16, 3, "_s3", 8),
+    (3, 8, 4, "_w16", 16),
+    (3, 16, 4, "_w16", 16),
+    (3, 16, 3, "_w16s3", 16),
 ];
+/// The kernel families, as the first field of [`GEMM_VARIANTS`] names them.
+pub const FAMILIES: [usize; 4] = [0, 1, 2, 3];
+/// The Hopper (`wgmma`) family.
+pub const HOPPER: usize = 3;
 /// Largest N the fused kernel takes.
 pub const FUSED_MAX_N: usize = 128;
 
@@ -55,7 +69,16 @@ pub fn variant_smem(variant: usize) -> usize {
     if rs == 0 {
         wpb as usize * zipserv_kernels::geometry::ZG_SCRATCH
     } else {
-        gemm_smem(rs, nb, st)
+        gemm_smem(rs, nb, st, wpb)
+    }
+}
+
+/// Rows of the matrix one warp (`mma.sync` kernels) or one warpgroup (the
+/// Hopper kernel) takes: the row count a variant needs `m` to be a multiple of.
+pub fn variant_rows(variant: usize) -> usize {
+    match GEMM_VARIANTS[variant].0 {
+        HOPPER => 64,
+        rs => 16 * rs.max(1),
     }
 }
 
@@ -63,12 +86,16 @@ pub fn variant_smem(variant: usize) -> usize {
 /// (warp-independent kernel) or per `rs` strips (block-staged kernel).
 fn block_groups(m: usize, variant: usize) -> u32 {
     let (rs, _, _, _, wpb) = GEMM_VARIANTS[variant];
-    ((m / 16) as u32).div_ceil(wpb * rs.max(1) as u32)
+    let strips_a_warp = if rs == HOPPER { 1 } else { rs.max(1) as u32 };
+    ((m / 16) as u32).div_ceil(wpb * strips_a_warp)
 }
 
-/// Dynamic shared memory of a fused variant's block.
-pub fn gemm_smem(rs: usize, nb: usize, stages: usize) -> usize {
-    zipserv_kernels::geometry::zipgemm_smem_bytes(rs, nb, stages)
+/// Dynamic shared memory of a fused variant's block of `wpb` warps (the
+/// Hopper kernel stages one record a warp, as the block-staged kernel with one
+/// strip a warp).
+pub fn gemm_smem(rs: usize, nb: usize, stages: usize, wpb: u32) -> usize {
+    let rs = if rs == HOPPER { 1 } else { rs };
+    zipserv_kernels::geometry::zipgemm_smem_bytes_w(wpb as usize, rs, nb, stages)
 }
 
 fn gpu_err(e: impl std::fmt::Debug) -> Error {
@@ -79,7 +106,9 @@ fn gpu_err(e: impl std::fmt::Debug) -> Error {
 pub fn embedded_ptx(sm: u32) -> Result<&'static str> {
     #[cfg(zs_ptx)]
     {
-        Ok(if sm >= 90 {
+        Ok(if sm == 90 {
+            include_str!(env!("ZS_PTX_SM_90A"))
+        } else if sm > 90 {
             include_str!(env!("ZS_PTX_SM_90"))
         } else {
             include_str!(env!("ZS_PTX_SM_80"))
@@ -138,7 +167,7 @@ pub struct Plan {
 impl Plan {
     pub fn describe(&self) -> String {
         let (rs, nb, st, cap, wpb) = GEMM_VARIANTS[self.variant];
-        let w = if wpb == WARPS {
+        let w = if wpb == WARPS || cap.contains(&format!("w{wpb}")) {
             String::new()
         } else {
             format!("w{wpb}")
@@ -151,6 +180,8 @@ struct Scratch {
     ws: Option<CudaSlice<f32>>,
     counters: Option<CudaSlice<u32>>,
     dense: Option<CudaSlice<u16>>,
+    /// The Hopper kernel's activation image.
+    image: Option<CudaSlice<u8>>,
     /// Flash-decoding partials.
     attn_ws: Option<CudaSlice<f32>>,
 }
@@ -164,7 +195,11 @@ pub struct Gpu {
     pub sm: u32,
     decompress_fn: CudaFunction,
     gather_fn: CudaFunction,
-    gemm_fns: Vec<CudaFunction>,
+    /// One per [`GEMM_VARIANTS`] row; `None` where this card's PTX lacks it.
+    gemm_fns: Vec<Option<CudaFunction>>,
+    /// The Hopper kernel's activation rewrite (sm_90a only).
+    image_fn: Option<CudaFunction>,
+
     llm: llm::LlmFns,
     blas: CudaBlas,
     scratch: Mutex<Scratch>,
@@ -208,18 +243,28 @@ impl Gpu {
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
         let gather_fn = module.load_function("zs_gather_rows").map_err(gpu_err)?;
         let llm = llm::LlmFns::load(&module)?;
+        // The sm_90a PTX (compute capability 9.0 exactly) has the Hopper family.
+        let hopper = sm == 90;
         let gemm_fns = GEMM_VARIANTS
             .iter()
-            .map(|&(rs, nb, st, cap, _)| {
+            .map(|&(rs, nb, st, cap, wpb)| {
+                if rs == HOPPER && !hopper {
+                    return Ok(None);
+                }
                 let f = module.load_function(&format!("zs_gemm_r{rs}_nb{nb}{cap}")).map_err(gpu_err)?;
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    gemm_smem(rs, nb, st) as i32,
+                    gemm_smem(rs, nb, st, wpb) as i32,
                 )
                 .map_err(gpu_err)?;
-                Ok(f)
+                Ok(Some(f))
             })
             .collect::<Result<Vec<_>>>()?;
+        let image_fn = if hopper {
+            Some(module.load_function("zs_act_image").map_err(gpu_err)?)
+        } else {
+            None
+        };
         let blas = CudaBlas::new(stream.clone()).map_err(gpu_err)?;
         Ok(Gpu {
             ctx,
@@ -230,12 +275,14 @@ impl Gpu {
             decompress_fn,
             gather_fn,
             gemm_fns,
+            image_fn,
             llm,
             blas,
             scratch: Mutex::new(Scratch {
                 ws: None,
                 counters: None,
                 dense: None,
+                image: None,
                 attn_ws: None,
             }),
             tuned: Mutex::new(HashMap::new()),
@@ -383,10 +430,15 @@ impl Gpu {
             return Ok(0);
         };
         let mut t = self.tuned.lock().unwrap();
+        let mut loaded = 0;
         for e in &c.plans {
-            t.insert((e.m, e.k, e.n8), e.plan());
+            // (A file of this card's name has this card's kernels; checked anyway.)
+            if self.has_variant(e.variant) {
+                t.insert((e.m, e.k, e.n8), e.plan());
+                loaded += 1;
+            }
         }
-        Ok(c.plans.len())
+        Ok(loaded)
     }
 
     /// Save the plans [`Gpu::tune`] chose (with those loaded before) to `path`.
@@ -496,14 +548,27 @@ impl Gpu {
             )));
         }
         let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
-        if nb * 8 < n || m % (16 * rs.max(1)) != 0 {
+        if nb * 8 < n || m % variant_rows(plan.variant) != 0 {
             return Err(Error::invalid(format!(
                 "plan {} does not fit {m}x{k}, n = {n}",
                 plan.describe()
             )));
         }
-        let f = &self.gemm_fns[plan.variant];
+        let Some(f) = &self.gemm_fns[plan.variant] else {
+            return Err(Error::invalid(format!(
+                "plan {}: this kernel is not built for sm_{}",
+                plan.describe(),
+                self.sm
+            )));
+        };
         let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
+        // The Hopper kernel reads the activations rewritten into wgmma's layout.
+        let x = if rs == HOPPER {
+            self.act_image(x, n, k, nb)?
+        } else {
+            x
+        };
+
         let blocks = block_groups(m, plan.variant) * sp.sk;
         let smem = variant_smem(plan.variant) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
@@ -532,6 +597,46 @@ impl Gpu {
         }
         .map_err(gpu_err)?;
         Ok(())
+    }
+
+    /// Rewrite `x` (`n x k` BF16) into the Hopper kernel's activation image for
+    /// `8 nb` rows (zero past `n`), in a reusable scratch; returns its address.
+    fn act_image(&self, x: u64, n: usize, k: usize, nb: usize) -> Result<u64> {
+        let f = self
+            .image_fn
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("the activation image kernel needs sm_90a".into()))?;
+        let bytes = (k / 64) * nb * 1024;
+        let img = {
+            let mut guard = self.scratch.lock().unwrap();
+            self.grown(&mut guard.image, bytes)?
+        };
+        let threads = ((k / 64) * 2 * 8 * nb * 4) as u32;
+        let (nn, kk, nbb) = (n as u32, k as u32, nb as u32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&x).arg(&img).arg(&nn).arg(&kk).arg(&nbb);
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (threads.div_ceil(256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(gpu_err)?;
+        Ok(img)
+    }
+
+    /// Whether this card's PTX has fused kernel `variant`.
+    pub fn has_variant(&self, variant: usize) -> bool {
+        self.gemm_fns.get(variant).is_some_and(|f| f.is_some())
+    }
+
+    /// [`variants_for`], restricted to the kernels this card has.
+    pub fn variants(&self, rs: usize, n: usize) -> Vec<usize> {
+        variants_for(rs, n)
+            .into_iter()
+            .filter(|&v| self.has_variant(v))
+            .collect()
     }
 
     /// cuBLAS `y = x W^T` on a dense BF16 `W` (`m x k` row-major), FP32 compute.
@@ -606,16 +711,22 @@ impl Gpu {
         // ZS_FORCE_RS / ZS_FORCE_SK restrict the candidates (for profiling).
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
         let (force_rs, force_sk) = (env("ZS_FORCE_RS"), env("ZS_FORCE_SK"));
-        for rs in [0usize, 1, 2] {
+        for rs in FAMILIES {
             if force_rs.is_some_and(|f| f as usize != rs) {
                 continue;
             }
-            for variant in variants_for(rs, n) {
+            for variant in self.variants(rs, n) {
+                if m % variant_rows(variant) != 0 {
+                    continue;
+                }
                 let wpb = GEMM_VARIANTS[variant].4;
                 let cta_groups = block_groups(m, variant);
                 // Splits that fill whole waves of resident blocks, and a few
                 // that overshoot them.
-                let per_sm = self.gemm_fns[variant]
+                let Some(f) = &self.gemm_fns[variant] else {
+                    continue;
+                };
+                let per_sm = f
                     .occupancy_max_active_blocks_per_multiprocessor(
                         wpb * 32,
                         variant_smem(variant),

@@ -1,7 +1,7 @@
 //! The tuner's choices saved across processes: a JSON file per card of the
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
-use super::{Plan, Split, FUSED_MAX_N, GEMM_VARIANTS};
+use super::{variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -43,10 +43,10 @@ impl PlanEntry {
         if self.n8 == 0 || self.n8 * 8 > FUSED_MAX_N {
             return bad("N bucket out of range");
         }
-        let Some(&(rs, nb, _, _, _)) = GEMM_VARIANTS.get(self.variant) else {
+        let Some(&(_, nb, _, _, _)) = GEMM_VARIANTS.get(self.variant) else {
             return bad("no such kernel variant");
         };
-        if nb < self.n8 || self.m % (16 * rs.max(1)) != 0 {
+        if nb < self.n8 || self.m % variant_rows(self.variant) != 0 {
             return bad("the variant does not fit the shape");
         }
         let kt = (self.k / 64) as u32;

@@ -1,0 +1,295 @@
+//! Hopper ZipGEMM (sm_90a only; built into `zipserv_kernels.sm_90a.ptx`).
+//!
+//! For larger N the `mma.sync` kernels hit the shared-memory wall: every warp
+//! reads the whole activation tile through its registers (12-17 bytes of
+//! shared-memory traffic a weight at N = 64-128). Here each warp still decodes
+//! its 16-row strip straight into the `m16n8k16` A-fragment registers, but four
+//! warps (a warpgroup, 64 rows) issue one `wgmma.mma_async` m64nNk16 with A
+//! from those registers and the activations read by the tensor cores straight
+//! from shared memory, once per warpgroup.
+//!
+//! The device layout permutes k inside each 32-column half (see
+//! [`dev_slot`]), and `wgmma` reads B in its canonical K-major layout, so the
+//! activations are first rewritten into that layout, the "image", by
+//! [`zs_act_image`] (a small pass over N x K values): per k tile of 64
+//! columns, four k16 slices; per slice, core matrices of 8 rows x 8 logical k
+//! (16 bytes a row, 128 bytes each), ordered (slice, k half `c`, row group
+//! `g`): byte offset `((slice * 2 + c) * NB + g) * 128 + (row % 8) * 16`.
+//! In wgmma's terms: leading-dimension byte offset (next 8 k) `NB * 128`,
+//! stride-dimension byte offset (next 8 rows) 128, no swizzle. The GEMM then
+//! copies an image tile into shared memory with contiguous 16-byte `cp.async`.
+//! (Permuting inside the GEMM instead, by 4-byte `cp.async` or by loads and
+//! 4-byte shared stores, measured 1.2-1.5x slower at N = 64-128 on the H100.)
+use crate::device::*;
+use crate::geometry::*;
+use core::arch::asm;
+use core::arch::nvptx::*;
+
+include!("wgmma_ops.rs");
+
+#[inline(always)]
+unsafe fn wgmma_fence() {
+    asm!("wgmma.fence.sync.aligned;", options(nostack));
+}
+
+#[inline(always)]
+unsafe fn wgmma_commit() {
+    asm!("wgmma.commit_group.sync.aligned;", options(nostack));
+}
+
+#[inline(always)]
+unsafe fn wgmma_wait<const N: usize>() {
+    asm!("wgmma.wait_group.sync.aligned {n};", n = const N, options(nostack));
+}
+
+/// Make this thread's shared-memory writes (`cp.async` lands them through the
+/// generic proxy) visible to the tensor cores' reads (the async proxy).
+#[inline(always)]
+unsafe fn fence_proxy_async() {
+    asm!("fence.proxy.async.shared::cta;", options(nostack));
+}
+
+/// An empty volatile asm over `v`: keeps the compiler from moving the
+/// instructions that write (or read) these registers across the wgmma fence and
+/// wait instructions around it.
+#[inline(always)]
+unsafe fn pin(v: &mut u32) {
+    asm!("/* pin {0} */", inout(reg32) * v, options(nostack));
+}
+
+#[inline(always)]
+unsafe fn pin_f(v: &mut f32) {
+    asm!("/* pin {0} */", inout(reg32) * v, options(nostack));
+}
+
+/// The shared-memory descriptor of a K-major, unswizzled B operand at `addr`
+/// with core matrices `lbo` bytes apart along k and `sbo` bytes apart along n.
+#[inline(always)]
+fn smem_desc(addr: u32, lbo: u32, sbo: u32) -> u64 {
+    ((addr as u64 >> 4) & 0x3fff)
+        | (((lbo as u64 >> 4) & 0x3fff) << 16)
+        | (((sbo as u64 >> 4) & 0x3fff) << 32)
+}
+
+#[inline(always)]
+unsafe fn ld_v4_u32(p: *const u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    asm!("ld.global.nc.v4.u32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+        out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) p,
+        options(pure, readonly, nostack));
+    [a, b, c, d]
+}
+
+/// The activation image (see the module notes) of `x` (`n x k` BF16,
+/// row-major) for `8 nb` rows; rows `n..8 nb` are zero. One thread a 16-byte
+/// chunk of a row: thread `i = ((t * 2 + half) * 8 nb + row) * 4 + q` reads
+/// columns `64 t + 32 half + 8 q ..+ 8`, whose four column pairs `j = 2 h + c`
+/// belong to k16 slice `2 half + h`, k half `c`, word `q` of the row's line.
+#[no_mangle]
+pub unsafe extern "gpu-kernel" fn zs_act_image(
+    x: *const u32,
+    img: *mut u32,
+    n: u32,
+    k: u32,
+    nb: u32,
+) {
+    let i = _block_idx_x() as u32 * _block_dim_x() as u32 + _thread_idx_x() as u32;
+    let rows = 8 * nb;
+    if i >= (k / 64) * 2 * rows * 4 {
+        return;
+    }
+    let q = i % 4;
+    let row = (i / 4) % rows;
+    let th = i / (4 * rows);
+    let (t, half) = (th / 2, th % 2);
+    let v = if row < n {
+        ld_v4_u32(x.add((row * (k / 2) + t * 32 + half * 16 + q * 4) as usize))
+    } else {
+        [0; 4]
+    };
+    let base = t * nb * 256 + (row / 8) * 32 + (row % 8) * 4 + q;
+    for (j, w) in v.iter().enumerate() {
+        let (h, c) = (j as u32 / 2, j as u32 % 2);
+        let slice = 2 * half + h;
+        *img.add((base + (slice * 2 + c) * nb * 32) as usize) = *w;
+    }
+}
+
+/// Hopper ZipGEMM block: `W` warps (`W / 4` warpgroups, `16 W` rows), one strip a warp,
+/// all on the same range of k tiles. Per k tile the block stages the activation
+/// image tile (`NB` KiB) and its warps' records into a ring of `S` stages
+/// with `cp.async`,
+/// `S - 2` tiles ahead; each warp decodes its record half by half
+/// into A registers and its warpgroup issues two `wgmma` (one per k16 slice) per
+/// half. A warpgroup keeps the last tile's wgmmas in flight while it decodes
+/// the next; a stage is refilled only after every warpgroup's wgmmas on it
+/// completed (`wgmma.wait_group 2` before the barrier). `x` is the image.
+#[inline(always)]
+unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
+    let GemmArgs {
+        records,
+        exc_off,
+        exc,
+        tab,
+        x,
+        y,
+        ws,
+        counters,
+        m,
+        n,
+        k,
+        sk,
+        tps,
+    } = a;
+    let (lane, warp) = lane_warp();
+    let tid = warp * 32 + lane;
+    let base = smem_base();
+    let scratch = base + warp * ZG_SCRATCH as u32;
+    let ring = base + W * ZG_SCRATCH as u32;
+    let xbytes = (NB * 1024) as u32;
+    let stage_bytes = xbytes + W * DT_RECORD_BYTES as u32;
+    let strips = m / 16;
+    let kt = k / 64;
+    let cta_groups = strips.div_ceil(W);
+    let b = _block_idx_x() as u32;
+    let (ks, cg) = (b / cta_groups, b % cta_groups);
+    let first_strip = cg * W + warp;
+    // Whole warpgroups only (m is a multiple of 64): wgmma is collective.
+    let active = cg * W + (warp / 4) * 4 < strips;
+    let t0 = ks * tps;
+    let t1 = if t0 + tps < kt { t0 + tps } else { kt };
+    let mut acc = [[0f32; 4]; NB];
+    // An idle warpgroup (past the last row) decodes strips 0-3 and discards
+    // them: the wgmma code then has no branch around it (ptxas serialises
+    // wgmma that sits in a path it cannot prove warp-uniform).
+    let work_strip = if active { first_strip } else { warp % 4 };
+    let tile = |t: u32| work_strip * kt + t;
+    let rec_dst = xbytes + warp * DT_RECORD_BYTES as u32;
+    let (lbo, sbo) = ((NB * 128) as u32, 128u32);
+
+    // Stage k tile `t` into stage `st`: the image tile (16-byte chunks, thread
+    // `tid` takes chunks tid, tid + 256, ...) and this warp's record.
+    let ximg = x as *const u8;
+    let fill = |t: u32, st: u32| {
+        if t < t1 {
+            let src = ximg.add((t * xbytes) as usize);
+            let mut c = tid;
+            while c < (NB * 64) as u32 {
+                cp_async16(st + c * 16, src.add(c as usize * 16));
+                c += W * 32;
+            }
+            stage_tile(records, tile(t), lane, st + rec_dst);
+        }
+        cp_async_commit();
+    };
+
+    if t0 < t1 {
+        let mut issue_stage = 0u32;
+        for s in 0..S as u32 - 2 {
+            fill(t0 + s, ring + issue_stage * stage_bytes);
+            issue_stage += 1;
+        }
+        let mut cur_stage = 0u32;
+        let cb0 = load_exc_bounds(exc_off, tile(t0));
+        let mut cb = cb0;
+        let mut nbd = [0u32; 3];
+        if t0 + 1 < t1 {
+            nbd = load_exc_bounds(exc_off, tile(t0 + 1));
+        }
+        let mut ce = load_exc_first(exc, cb0, lane);
+        let mut t = t0;
+        loop {
+            match S {
+                4 => cp_async_wait::<1>(),
+                5 => cp_async_wait::<2>(),
+                6 => cp_async_wait::<3>(),
+                _ => cp_async_wait::<0>(),
+            }
+            fence_proxy_async();
+            // Tile t has landed for everyone; every warpgroup's wgmmas on tile
+            // t - 2, whose stage the next copy refills, are complete.
+            bar_sync();
+            fill(t + S as u32 - 2, ring + issue_stage * stage_bytes);
+            issue_stage = if issue_stage + 1 == S as u32 {
+                0
+            } else {
+                issue_stage + 1
+            };
+            let st = ring + cur_stage * stage_bytes;
+            cur_stage = if cur_stage + 1 == S as u32 {
+                0
+            } else {
+                cur_stage + 1
+            };
+            let mut farb = nbd;
+            let mut ne = [0u32; 2];
+            if t + 2 < t1 {
+                farb = load_exc_bounds(exc_off, tile(t + 2));
+            }
+            if t + 1 < t1 {
+                ne = load_exc_first(exc, nbd, lane);
+            }
+            let cur = read_staged(st + rec_dst, lane);
+            for half in 0..2usize {
+                let mut r = decode_half(&cur, half, tab, exc, &cb, &ce, lane, scratch);
+                for v in r.iter_mut() {
+                    pin(v);
+                }
+                wgmma_fence();
+                let s0 = st + (2 * half as u32) * (NB as u32 * 256);
+                let s1 = s0 + NB as u32 * 256;
+                let (a0, a1) = ([r[0], r[1], r[2], r[3]], [r[4], r[5], r[6], r[7]]);
+                wgmma_nb::<NB>(&mut acc, &a0, smem_desc(s0, lbo, sbo));
+                wgmma_nb::<NB>(&mut acc, &a1, smem_desc(s1, lbo, sbo));
+                wgmma_commit();
+            }
+            wgmma_wait::<2>();
+            t += 1;
+            if t >= t1 {
+                break;
+            }
+            cb = nbd;
+            nbd = farb;
+            ce = ne;
+        }
+        cp_async_wait::<0>();
+        wgmma_wait::<0>();
+    }
+    if !active {
+        return;
+    }
+    for row in acc.iter_mut() {
+        for v in row.iter_mut() {
+            pin_f(v);
+        }
+    }
+    finish::<NB, 1>(&[acc], y, ws, counters, m, n, sk, first_strip, lane);
+}
+
+#[inline(always)]
+unsafe fn wgmma_nb<const NB: usize>(acc: &mut [[f32; 4]; NB], a: &[u32; 4], desc: u64) {
+    let p = acc as *mut [[f32; 4]; NB];
+    match NB {
+        2 => wgmma_n16(&mut *(p as *mut [[f32; 4]; 2]), a, desc),
+        4 => wgmma_n32(&mut *(p as *mut [[f32; 4]; 4]), a, desc),
+        8 => wgmma_n64(&mut *(p as *mut [[f32; 4]; 8]), a, desc),
+        16 => wgmma_n128(&mut *(p as *mut [[f32; 4]; 16]), a, desc),
+        _ => core::arch::nvptx::trap(),
+    }
+}
+
+// zs_gemm_r3_nb{NB}: the Hopper family (`GEMM_VARIANTS` rows with 3 "strips";
+// the image, not `x`, is their activation argument).
+gemm_kernels!(
+    zs_gemm_r3_nb4 = gemm_wg::<4, 5, 8>,
+    zs_gemm_r3_nb8 = gemm_wg::<8, 5, 8>,
+    zs_gemm_r3_nb16 = gemm_wg::<16, 4, 8>,
+    // Three stages (one tile ahead): two blocks a multiprocessor fit.
+    zs_gemm_r3_nb16_s3 = gemm_wg::<16, 3, 8>,
+    // 16 warps (256 rows) a block: every activation tile read from L2 serves
+    // twice the weights (at N = 128 the 8-warp block reads 1.4 bytes of
+    // activations from L2 per byte of weights).
+    zs_gemm_r3_nb8_w16 = gemm_wg::<8, 4, 16>,
+    zs_gemm_r3_nb16_w16 = gemm_wg::<16, 4, 16>,
+    zs_gemm_r3_nb16_w16s3 = gemm_wg::<16, 3, 16>,
+);
