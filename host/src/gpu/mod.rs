@@ -252,11 +252,23 @@ impl Gpu {
                     return Ok(None);
                 }
                 let f = module.load_function(&format!("zs_gemm_r{rs}_nb{nb}{cap}")).map_err(gpu_err)?;
+                // Rows of one kernel with several block sizes share the
+                // function: never set its limit below the default 48 KiB.
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    gemm_smem(rs, nb, st, wpb) as i32,
+                    gemm_smem(rs, nb, st, wpb).max(48 << 10) as i32,
                 )
                 .map_err(gpu_err)?;
+                // A build whose registers do not let its block size launch
+                // here is left out (the tuner never sees it).
+                let max_threads = f
+                    .get_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+                    )
+                    .map_err(gpu_err)?;
+                if (max_threads as u32) < wpb * 32 {
+                    return Ok(None);
+                }
                 Ok(Some(f))
             })
             .collect::<Result<Vec<_>>>()?;
