@@ -167,6 +167,52 @@ unsafe fn xor_shared_u8(addr: u32, delta: u32) {
 }
 
 #[inline(always)]
+fn shfl_xor(v: u32, mask: u32) -> u32 {
+    let d: u32;
+    unsafe {
+        asm!("shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;", out(reg32) d, in(reg32) v, in(reg32) mask, options(nostack))
+    };
+    d
+}
+
+/// A 4x4 transpose among lanes `l, l ^ 4, l ^ 8, l ^ 12` (`s = (lane / 4) % 4`
+/// orders them): on entry lane s holds element s of the four runs `v[0..4]`,
+/// on exit all four elements of run s. Two butterfly stages; in each, a lane
+/// sends the value it replaces and receives its partner's.
+#[inline(always)]
+fn column_run(mut v: [f32; 4], s: u32) -> [f32; 4] {
+    let swap = |v: &mut [f32; 4], a: usize, d: usize, upper: bool, mask: u32| {
+        let send = if upper { v[a] } else { v[a + d] };
+        let got = f32::from_bits(shfl_xor(send.to_bits(), mask));
+        if upper {
+            v[a] = got;
+        } else {
+            v[a + d] = got;
+        }
+    };
+    let odd = s & 1 != 0;
+    swap(&mut v, 0, 1, odd, 4);
+    swap(&mut v, 2, 1, odd, 4);
+    let high = s & 2 != 0;
+    swap(&mut v, 0, 2, high, 8);
+    swap(&mut v, 1, 2, high, 8);
+    v
+}
+
+/// `*p += v` (four consecutive floats, 16-byte aligned), relaxed, in L2: one
+/// vector reduction on sm_90 (PTX 8.1), four scalar ones before.
+#[inline(always)]
+unsafe fn red_add_f32x4(p: *mut f32, v: [f32; 4]) {
+    #[cfg(zs_sm90)]
+    asm!("red.global.add.v4.f32 [{0}], {{{1}, {2}, {3}, {4}}};",
+        in(reg64) p, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack));
+    #[cfg(not(zs_sm90))]
+    for (i, x) in v.iter().enumerate() {
+        asm!("red.global.add.f32 [{0}], {1};", in(reg64) p.add(i), in(reg32) *x, options(nostack));
+    }
+}
+
+#[inline(always)]
 fn shfl_idx(v: u32, src: u32) -> u32 {
     let d: u32;
     unsafe {
@@ -670,32 +716,32 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     let group = first_strip / RS as u32;
 
     // Epilogue. Accumulator (j, nb, i): row 16 (first_strip + j) + r0 + 8 (i / 2),
-    // column nb * 8 + 2q + i % 2.
-    if sk == 1 {
-        for j in 0..RS {
-            for nb in 0..NB {
-                for i in 0..4usize {
-                    let col = nb as u32 * 8 + 2 * q + (i as u32 % 2);
-                    let row = (first_strip + j as u32) * 16 + r0 + 8 * (i as u32 / 2);
-                    if col < n {
-                        *y.add((col * m + row) as usize) = f32_to_bf16(acc[j][nb][i]);
-                    }
-                }
-            }
-        }
-        return;
-    }
+    // column nb * 8 + 2q + i % 2. The four lanes with the same q and r0 / 4
+    // (lanes 16 (r0 / 4) + q + 4 s) hold rows 4 (r0 / 4) .. + 3 (and + 8) of
+    // columns 2q, 2q + 1; a 4x4 transpose among them leaves lane s with four
+    // consecutive rows of one column (`column_run`): one 8-byte BF16 store or
+    // one 16-byte FP32 reduction instead of four.
+    let s = r0 % 4;
     for j in 0..RS {
         for nb in 0..NB {
-            for i in 0..4usize {
-                let col = nb as u32 * 8 + 2 * q + (i as u32 % 2);
-                let row = (first_strip + j as u32) * 16 + r0 + 8 * (i as u32 / 2);
-                if col < n {
-                    let p = ws.add((col * m + row) as usize);
-                    asm!("red.global.add.f32 [{0}], {1};", in(reg64) p, in(reg32) acc[j][nb][i], options(nostack));
-                }
+            let v = column_run(acc[j][nb], s);
+            let col = nb as u32 * 8 + 2 * q + (s & 1);
+            let row = (first_strip + j as u32) * 16 + 4 * (r0 / 4) + 8 * (s >> 1);
+            if col >= n {
+                continue;
+            }
+            if sk == 1 {
+                let lo = f32_to_bf16(v[0]) as u32 | (f32_to_bf16(v[1]) as u32) << 16;
+                let hi = f32_to_bf16(v[2]) as u32 | (f32_to_bf16(v[3]) as u32) << 16;
+                let p = y.add((col * m + row) as usize);
+                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo, in(reg32) hi, options(nostack));
+            } else {
+                red_add_f32x4(ws.add((col * m + row) as usize), v);
             }
         }
+    }
+    if sk == 1 {
+        return;
     }
     asm!("fence.acq_rel.gpu;", options(nostack));
     syncwarp();

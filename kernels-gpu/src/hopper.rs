@@ -126,6 +126,66 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
 /// completed (`wgmma.wait_group 2` before the barrier). `x` is the image.
 #[inline(always)]
 unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
+    let cta_groups = (a.m / 16).div_ceil(W);
+    let b = _block_idx_x() as u32;
+    let (ks, cg) = (b / cta_groups, b % cta_groups);
+    let kt = a.k / 64;
+    let t0 = ks * a.tps;
+    let t1 = if t0 + a.tps < kt { t0 + a.tps } else { kt };
+    wg_segment::<NB, S, W>(&a, cg, t0, t1, a.sk);
+}
+
+/// The Hopper kernel with a stream-K schedule: a persistent grid whose blocks
+/// take equal runs of `tps` consecutive (row group, k tile) units, in row-group
+/// order; a run may end inside a row group and go on in the next. A row group
+/// whose k tiles one block covers is written directly, one that several
+/// blocks share is summed in the FP32 workspace by them (the last converts).
+/// Every block has the same work, so no partial last wave.
+#[inline(always)]
+unsafe fn gemm_wg_sk<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
+    let kt = a.k / 64;
+    let units = (a.m / 16).div_ceil(W) * kt;
+    let upb = a.tps;
+    let mut u = _block_idx_x() as u32 * upb;
+    let u1 = if u + upb < units { u + upb } else { units };
+    while u < u1 {
+        let (cg, t0) = (u / kt, u % kt);
+        let t1 = if t0 + (u1 - u) < kt {
+            t0 + (u1 - u)
+        } else {
+            kt
+        };
+        // Blocks sharing row group cg: those holding its first and last unit.
+        let sharing = ((cg + 1) * kt - 1) / upb - (cg * kt) / upb + 1;
+        wg_segment_call::<NB, S, W>(&a, cg, t0, t1, sharing);
+        u += t1 - t0;
+    }
+}
+
+/// [`wg_segment`] as a call: inlined into the stream-K loop it needs ~240
+/// registers (the compiler keeps values live across segments), as a call the
+/// same as the plain kernel plus the call's own.
+#[inline(never)]
+unsafe fn wg_segment_call<const NB: usize, const S: usize, const W: u32>(
+    a: &GemmArgs,
+    cg: u32,
+    t0: u32,
+    t1: u32,
+    sk: u32,
+) {
+    wg_segment::<NB, S, W>(a, cg, t0, t1, sk);
+}
+
+/// One block's work on row group `cg` (`16 W` rows), k tiles `t0..t1`, with
+/// `sk` blocks contributing to that row group.
+#[inline(always)]
+unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
+    a: &GemmArgs,
+    cg: u32,
+    t0: u32,
+    t1: u32,
+    sk: u32,
+) {
     let GemmArgs {
         records,
         exc_off,
@@ -138,9 +198,8 @@ unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
         m,
         n,
         k,
-        sk,
-        tps,
-    } = a;
+        ..
+    } = *a;
     let (lane, warp) = lane_warp();
     let tid = warp * 32 + lane;
     let base = smem_base();
@@ -150,14 +209,11 @@ unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
     let stage_bytes = xbytes + W * DT_RECORD_BYTES as u32;
     let strips = m / 16;
     let kt = k / 64;
-    let cta_groups = strips.div_ceil(W);
-    let b = _block_idx_x() as u32;
-    let (ks, cg) = (b / cta_groups, b % cta_groups);
     let first_strip = cg * W + warp;
     // Whole warpgroups only (m is a multiple of 64): wgmma is collective.
     let active = cg * W + (warp / 4) * 4 < strips;
-    let t0 = ks * tps;
-    let t1 = if t0 + tps < kt { t0 + tps } else { kt };
+    // A block's earlier segment may still be reading the ring.
+    bar_sync();
     let mut acc = [[0f32; 4]; NB];
     // An idle warpgroup (past the last row) decodes strips 0-3 and discards
     // them: the wgmma code then has no branch around it (ptxas serialises
@@ -292,4 +348,12 @@ gemm_kernels!(
     zs_gemm_r3_nb8_w16 = gemm_wg::<8, 4, 16>,
     zs_gemm_r3_nb16_w16 = gemm_wg::<16, 4, 16>,
     zs_gemm_r3_nb16_w16s3 = gemm_wg::<16, 3, 16>,
+);
+// zs_gemm_r4_*: the same builds on a stream-K schedule (`GEMM_VARIANTS` family 4).
+gemm_kernels!(
+    zs_gemm_r4_nb4 = gemm_wg_sk::<4, 5, 8>,
+    zs_gemm_r4_nb8 = gemm_wg_sk::<8, 5, 8>,
+    zs_gemm_r4_nb16 = gemm_wg_sk::<16, 4, 8>,
+    zs_gemm_r4_nb16_s3 = gemm_wg_sk::<16, 3, 8>,
+    zs_gemm_r4_nb16_w16 = gemm_wg_sk::<16, 4, 16>,
 );

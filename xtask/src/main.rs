@@ -21,7 +21,7 @@ const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
 /// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
 /// give 4 blocks, 80 give 3, 128 give 2).
-const MAXNREG: [(&str, u32); 11] = [
+const MAXNREG: [(&str, u32); 13] = [
     // 512 threads: two blocks a multiprocessor.
     ("zs_attention", 64),
     ("zs_gemm_r0_nb1", 80),
@@ -36,6 +36,8 @@ const MAXNREG: [(&str, u32); 11] = [
     ("zs_gemm_r3_nb8_w16", 128),
     ("zs_gemm_r3_nb16_w16", 128),
     ("zs_gemm_r3_nb16_w16s3", 128),
+    ("zs_gemm_r4_nb16_s3", 128),
+    ("zs_gemm_r4_nb16_w16", 128),
 ];
 
 /// Insert `.maxnreg` after the parameter list of each capped kernel.
@@ -43,7 +45,9 @@ fn cap_registers(ptx: &str) -> Result<String> {
     let mut out = ptx.to_string();
     for (name, regs) in MAXNREG {
         // The Hopper kernels exist in the sm_90a build only.
-        if name.starts_with("zs_gemm_r3") && !out.contains(".target sm_90a") {
+        if (name.starts_with("zs_gemm_r3") || name.starts_with("zs_gemm_r4"))
+            && !out.contains(".target sm_90a")
+        {
             continue;
         }
         let head = format!(".entry {name}(\n");
@@ -163,12 +167,20 @@ fn build_ptx() -> Result<()> {
                 "-C",
                 &format!("target-cpu={arch}"),
                 "-C",
-                "target-feature=+ptx80",
+                // PTX 8.1 on Hopper (vector reductions); 8.0 elsewhere.
+                if arch == "sm_80" {
+                    "target-feature=+ptx80"
+                } else {
+                    "target-feature=+ptx81"
+                },
                 // Fully unroll the fixed-trip loops over fragments, so that
                 // accumulators stay in registers (no local memory).
                 "-C",
                 "llvm-args=-unroll-threshold=3000",
             ]);
+        if arch != "sm_80" {
+            c.args(["--cfg", "zs_sm90"]);
+        }
         if arch == "sm_90a" {
             c.args(["--cfg", "zs_wgmma"]);
         }
