@@ -135,47 +135,6 @@ unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
     wg_segment::<NB, S, W>(&a, cg, t0, t1, a.sk);
 }
 
-/// The Hopper kernel with a stream-K schedule: a persistent grid whose blocks
-/// take equal runs of `tps` consecutive (row group, k tile) units, in row-group
-/// order; a run may end inside a row group and go on in the next. A row group
-/// whose k tiles one block covers is written directly, one that several
-/// blocks share is summed in the FP32 workspace by them (the last converts).
-/// Every block has the same work, so no partial last wave.
-#[inline(always)]
-unsafe fn gemm_wg_sk<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
-    let kt = a.k / 64;
-    let units = (a.m / 16).div_ceil(W) * kt;
-    let upb = a.tps;
-    let mut u = _block_idx_x() as u32 * upb;
-    let u1 = if u + upb < units { u + upb } else { units };
-    while u < u1 {
-        let (cg, t0) = (u / kt, u % kt);
-        let t1 = if t0 + (u1 - u) < kt {
-            t0 + (u1 - u)
-        } else {
-            kt
-        };
-        // Blocks sharing row group cg: those holding its first and last unit.
-        let sharing = ((cg + 1) * kt - 1) / upb - (cg * kt) / upb + 1;
-        wg_segment_call::<NB, S, W>(&a, cg, t0, t1, sharing);
-        u += t1 - t0;
-    }
-}
-
-/// [`wg_segment`] as a call: inlined into the stream-K loop it needs ~240
-/// registers (the compiler keeps values live across segments), as a call the
-/// same as the plain kernel plus the call's own.
-#[inline(never)]
-unsafe fn wg_segment_call<const NB: usize, const S: usize, const W: u32>(
-    a: &GemmArgs,
-    cg: u32,
-    t0: u32,
-    t1: u32,
-    sk: u32,
-) {
-    wg_segment::<NB, S, W>(a, cg, t0, t1, sk);
-}
-
 /// One block's work on row group `cg` (`16 W` rows), k tiles `t0..t1`, with
 /// `sk` blocks contributing to that row group.
 #[inline(always)]
@@ -348,12 +307,13 @@ gemm_kernels!(
     zs_gemm_r3_nb8_w16 = gemm_wg::<8, 4, 16>,
     zs_gemm_r3_nb16_w16 = gemm_wg::<16, 4, 16>,
     zs_gemm_r3_nb16_w16s3 = gemm_wg::<16, 3, 16>,
-);
-// zs_gemm_r4_*: the same builds on a stream-K schedule (`GEMM_VARIANTS` family 4).
-gemm_kernels!(
-    zs_gemm_r4_nb4 = gemm_wg_sk::<4, 5, 8>,
-    zs_gemm_r4_nb8 = gemm_wg_sk::<8, 5, 8>,
-    zs_gemm_r4_nb16 = gemm_wg_sk::<16, 4, 8>,
-    zs_gemm_r4_nb16_s3 = gemm_wg_sk::<16, 3, 8>,
-    zs_gemm_r4_nb16_w16 = gemm_wg_sk::<16, 4, 16>,
+    // A smaller ring and a register cap: three blocks a multiprocessor.
+    zs_gemm_r3_nb8_s3c80 = gemm_wg::<8, 3, 8>,
+    // One warpgroup a block: more, smaller blocks, each with its own barrier
+    // (each reads the activation tile for 64 rows only). The tuner's choice
+    // at N = 16-64 on most shapes.
+    zs_gemm_r3_nb4_w4s3 = gemm_wg::<4, 3, 4>,
+    zs_gemm_r3_nb8_w4s3 = gemm_wg::<8, 3, 4>,
+    zs_gemm_r3_nb16_w4s3 = gemm_wg::<16, 3, 4>,
+    zs_gemm_r3_nb2_w4s3 = gemm_wg::<2, 3, 4>,
 );

@@ -21,7 +21,7 @@ const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
 /// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
 /// give 4 blocks, 80 give 3, 128 give 2).
-const MAXNREG: [(&str, u32); 13] = [
+const MAXNREG: [(&str, u32); 12] = [
     // 512 threads: two blocks a multiprocessor.
     ("zs_attention", 64),
     ("zs_gemm_r0_nb1", 80),
@@ -36,8 +36,8 @@ const MAXNREG: [(&str, u32); 13] = [
     ("zs_gemm_r3_nb8_w16", 128),
     ("zs_gemm_r3_nb16_w16", 128),
     ("zs_gemm_r3_nb16_w16s3", 128),
-    ("zs_gemm_r4_nb16_s3", 128),
-    ("zs_gemm_r4_nb16_w16", 128),
+    // Three blocks a multiprocessor.
+    ("zs_gemm_r3_nb8_s3c80", 80),
 ];
 
 /// Insert `.maxnreg` after the parameter list of each capped kernel.
@@ -45,9 +45,7 @@ fn cap_registers(ptx: &str) -> Result<String> {
     let mut out = ptx.to_string();
     for (name, regs) in MAXNREG {
         // The Hopper kernels exist in the sm_90a build only.
-        if (name.starts_with("zs_gemm_r3") || name.starts_with("zs_gemm_r4"))
-            && !out.contains(".target sm_90a")
-        {
+        if name.starts_with("zs_gemm_r3") && !out.contains(".target sm_90a") {
             continue;
         }
         let head = format!(".entry {name}(\n");

@@ -256,12 +256,10 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
         let mut ok = true;
         for rs in FAMILIES {
             if let Some(&v) = gpu.variants(rs, 32).first() {
-                let split = if rs == HOPPER_SK {
-                    stream_k_split(stream_k_units(v, r, c), 3)
-                } else {
-                    split_for((c / 64) as u32, 2)
+                let p = Plan {
+                    variant: v,
+                    split: split_for((c / 64) as u32, 2),
                 };
-                let p = Plan { variant: v, split };
                 ok &= gpu
                     .gemm_fused(&gm, gpu.ptr(&x), gpu.ptr(&y), 32, Some(p))
                     .is_ok();
@@ -312,15 +310,11 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                 let kt = (k / 64) as u32;
                 for rs in FAMILIES {
                     for v in gpu.variants(rs, n) {
-                        for sk in [1u32, 3] {
-                            // Stream-K: one block doing every row group, and
-                            // seven whose runs cross row-group boundaries.
-                            let split = if rs == HOPPER_SK {
-                                stream_k_split(stream_k_units(v, m, k), [1, 7][sk as usize / 2])
-                            } else {
-                                split_for(kt, sk)
+                        for sk in [1, 3] {
+                            let p = Plan {
+                                variant: v,
+                                split: split_for(kt, sk),
                             };
-                            let p = Plan { variant: v, split };
                             variants.push((format!("fused {}", p.describe()), Some(p)));
                         }
                     }

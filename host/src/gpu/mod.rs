@@ -54,40 +54,16 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 32] = [
     (3, 8, 4, "_w16", 16),
     (3, 16, 4, "_w16", 16),
     (3, 16, 3, "_w16s3", 16),
-    (4, 4, 5, "", 8),
-    (4, 8, 5, "", 8),
-    (4, 16, 4, "", 8),
-    (4, 16, 3, "_s3", 8),
-    (4, 16, 4, "_w16", 16),
+    (3, 8, 3, "_s3c80", 8),
+    (3, 4, 3, "_w4s3", 4),
+    (3, 8, 3, "_w4s3", 4),
+    (3, 16, 3, "_w4s3", 4),
+    (3, 2, 3, "_w4s3", 4),
 ];
 /// The kernel families, as the first field of [`GEMM_VARIANTS`] names them.
-pub const FAMILIES: [usize; 5] = [0, 1, 2, 3, 4];
+pub const FAMILIES: [usize; 4] = [0, 1, 2, 3];
 /// The Hopper (`wgmma`) family.
 pub const HOPPER: usize = 3;
-/// The Hopper kernel on a stream-K schedule: a persistent grid of
-/// `split.sk` blocks, each taking `split.tps` consecutive (row group, k tile)
-/// units.
-pub const HOPPER_SK: usize = 4;
-
-/// Whether family `rs` is one of the Hopper (`wgmma`, sm_90a) kernels.
-pub fn is_hopper(rs: usize) -> bool {
-    rs == HOPPER || rs == HOPPER_SK
-}
-
-/// (row group, k tile) units of a stream-K launch of `variant` on `m x k`.
-pub fn stream_k_units(variant: usize, m: usize, k: usize) -> u32 {
-    block_groups(m, variant) * (k / 64) as u32
-}
-
-/// A stream-K split of `units` over about `blocks` blocks: equal runs,
-/// the grid shrunk to the runs actually needed.
-pub fn stream_k_split(units: u32, blocks: u32) -> Split {
-    let tps = units.div_ceil(blocks.clamp(1, units.max(1)));
-    Split {
-        sk: units.div_ceil(tps),
-        tps,
-    }
-}
 /// Largest N the fused kernel takes.
 pub const FUSED_MAX_N: usize = 128;
 
@@ -106,7 +82,7 @@ pub fn variant_smem(variant: usize) -> usize {
 /// Hopper kernel) takes: the row count a variant needs `m` to be a multiple of.
 pub fn variant_rows(variant: usize) -> usize {
     match GEMM_VARIANTS[variant].0 {
-        rs if is_hopper(rs) => 64,
+        HOPPER => 64,
         rs => 16 * rs.max(1),
     }
 }
@@ -115,7 +91,7 @@ pub fn variant_rows(variant: usize) -> usize {
 /// (warp-independent kernel) or per `rs` strips (block-staged kernel).
 fn block_groups(m: usize, variant: usize) -> u32 {
     let (rs, _, _, _, wpb) = GEMM_VARIANTS[variant];
-    let strips_a_warp = if is_hopper(rs) { 1 } else { rs.max(1) as u32 };
+    let strips_a_warp = if rs == HOPPER { 1 } else { rs.max(1) as u32 };
     ((m / 16) as u32).div_ceil(wpb * strips_a_warp)
 }
 
@@ -123,7 +99,7 @@ fn block_groups(m: usize, variant: usize) -> u32 {
 /// Hopper kernel stages one record a warp, as the block-staged kernel with one
 /// strip a warp).
 pub fn gemm_smem(rs: usize, nb: usize, stages: usize, wpb: u32) -> usize {
-    let rs = if is_hopper(rs) { 1 } else { rs };
+    let rs = if rs == HOPPER { 1 } else { rs };
     zipserv_kernels::geometry::zipgemm_smem_bytes_w(wpb as usize, rs, nb, stages)
 }
 
@@ -277,7 +253,7 @@ impl Gpu {
         let gemm_fns = GEMM_VARIANTS
             .iter()
             .map(|&(rs, nb, st, cap, wpb)| {
-                if is_hopper(rs) && !hopper {
+                if rs == HOPPER && !hopper {
                     return Ok(None);
                 }
                 let f = module.load_function(&format!("zs_gemm_r{rs}_nb{nb}{cap}")).map_err(gpu_err)?;
@@ -582,16 +558,10 @@ impl Gpu {
         let (m, k) = (w.rows, w.cols);
         let plan = plan.unwrap_or_else(|| self.plan(m, k, n));
         let sp = plan.split;
-        let (rs, _, _, _, _) = GEMM_VARIANTS[plan.variant];
-        // Units the split covers: k tiles, or (stream-K) row groups x k tiles.
-        let units = if rs == HOPPER_SK {
-            stream_k_units(plan.variant, m, k)
-        } else {
-            (k / 64) as u32
-        };
-        if sp.sk == 0 || sp.tps == 0 || sp.tps.checked_mul(sp.sk).is_none_or(|c| c < units) {
+        let kt = (k / 64) as u32;
+        if sp.sk == 0 || sp.tps == 0 || sp.tps.checked_mul(sp.sk).is_none_or(|c| c < kt) {
             return Err(Error::invalid(format!(
-                "split {sp:?} does not cover {units} work units"
+                "split {sp:?} does not cover {kt} k tiles"
             )));
         }
         let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
@@ -610,17 +580,13 @@ impl Gpu {
         };
         let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
         // The Hopper kernel reads the activations rewritten into wgmma's layout.
-        let x = if is_hopper(rs) {
+        let x = if rs == HOPPER {
             self.act_image(x, n, k, nb)?
         } else {
             x
         };
 
-        let blocks = if rs == HOPPER_SK {
-            sp.sk
-        } else {
-            block_groups(m, plan.variant) * sp.sk
-        };
+        let blocks = block_groups(m, plan.variant) * sp.sk;
         let smem = variant_smem(plan.variant) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
@@ -786,20 +752,6 @@ impl Gpu {
                     .unwrap_or(1)
                     .max(1);
                 let slots = per_sm * self.sms;
-                if rs == HOPPER_SK {
-                    // One or two blocks a resident slot, equal work each.
-                    let units = stream_k_units(variant, m, k);
-                    for g in [slots, 2 * slots] {
-                        let p = Plan {
-                            variant,
-                            split: stream_k_split(units, g),
-                        };
-                        if !cands.contains(&p) && force_sk.is_none() {
-                            cands.push(p);
-                        }
-                    }
-                    continue;
-                }
                 let mut sks: Vec<u32> = (1..=3).map(|w| (w * slots) / cta_groups).collect();
                 sks.extend([1, 2, 4].map(|b| (self.sms * b).div_ceil(cta_groups)));
                 sks.push(1);

@@ -1,7 +1,7 @@
 //! The tuner's choices saved across processes: a JSON file per card of the
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
-use super::{stream_k_units, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, HOPPER_SK};
+use super::{variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -49,19 +49,13 @@ impl PlanEntry {
         if nb < self.n8 || self.m % variant_rows(self.variant) != 0 {
             return bad("the variant does not fit the shape");
         }
-        // Units the split must cover exactly: k tiles, or (stream-K) row
-        // groups x k tiles.
-        let units = if GEMM_VARIANTS[self.variant].0 == HOPPER_SK {
-            stream_k_units(self.variant, self.m, self.k)
-        } else {
-            (self.k / 64) as u32
-        };
+        let kt = (self.k / 64) as u32;
         if self.sk == 0
             || self.tps == 0
-            || self.tps.checked_mul(self.sk).is_none_or(|c| c < units)
-            || self.tps.checked_mul(self.sk - 1).is_none_or(|c| c >= units)
+            || self.tps.checked_mul(self.sk).is_none_or(|c| c < kt)
+            || self.tps.checked_mul(self.sk - 1).is_none_or(|c| c >= kt)
         {
-            return bad("the split does not cover the work units exactly");
+            return bad("the split does not cover the k tiles exactly");
         }
         Ok(())
     }
