@@ -121,9 +121,9 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
 /// with `cp.async`,
 /// `S - 2` tiles ahead; each warp decodes its record half by half
 /// into A registers and its warpgroup issues two `wgmma` (one per k16 slice) per
-/// half. A warpgroup keeps the last tile's wgmmas in flight while it decodes
-/// the next; a stage is refilled only after every warpgroup's wgmmas on it
-/// completed (`wgmma.wait_group 2` before the barrier). `x` is the image.
+/// half. A warpgroup keeps one half's wgmmas in flight while it decodes the
+/// next (`wgmma.wait_group 1` before each decode), so a stage is refilled only
+/// after every warpgroup's wgmmas on it completed. `x` is the image.
 #[inline(always)]
 unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
     let cta_groups = (a.m / 16).div_ceil(W);
@@ -246,6 +246,12 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
             }
             let cur = read_staged(st + rec_dst, lane);
             for half in 0..2usize {
+                // The A registers about to be written are the ones the
+                // wgmmas two groups back read (the loop reuses its PTX
+                // registers); rewriting them before those complete is
+                // undefined. So at most one group (the other half's) stays in
+                // flight while this half decodes.
+                wgmma_wait::<1>();
                 let mut r = decode_half(&cur, half, tab, exc, &cb, &ce, lane, scratch);
                 for v in r.iter_mut() {
                     pin(v);
@@ -258,7 +264,6 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                 wgmma_nb::<NB>(&mut acc, &a1, smem_desc(s1, lbo, sbo));
                 wgmma_commit();
             }
-            wgmma_wait::<2>();
             t += 1;
             if t >= t1 {
                 break;

@@ -305,7 +305,16 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
         for &n in &ns {
             let x = uniform_bf16(n * k, 1.0, rng.next_u64());
             let xd = gpu.stream.clone_htod(&x).map_err(gpu_err)?;
-            let mut variants: Vec<(String, Option<Plan>)> = vec![("dispatched".into(), None)];
+            // The dispatched path (named by the plan it takes), four times:
+            // launches that leave any output unwritten show as poison.
+            let how = if n <= lin.crossover.min(FUSED_MAX_N) {
+                gpu.plan(m, k, n).describe()
+            } else {
+                "decompress + cuBLAS".into()
+            };
+            let mut variants: Vec<(String, Option<Plan>)> = (0..4)
+                .map(|i| (format!("dispatched ({how}) #{i}"), None))
+                .collect();
             if n <= FUSED_MAX_N {
                 let kt = (k / 64) as u32;
                 for rs in FAMILIES {
@@ -333,10 +342,19 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                 }
                 let got = gpu.stream.clone_dtoh(&y).map_err(gpu_err)?;
                 let (err, bad) = check_gemm(&w, &x, &got, m, n, k, &ms);
+                // Outputs still holding the poison (y is n x m): how many, and
+                // the first one's (row, column).
+                let poison: Vec<usize> = (0..got.len()).filter(|&i| got[i] == 0xffff).collect();
+                let first = poison.first().map(|&i| (i % m, i / m));
                 out.check(
-                    err < 1e-2 && bad == 0,
+                    err < 1e-2 && bad == 0 && poison.is_empty(),
                     &format!(
-                        "gemm {m}x{k} n={n} {vname}: rel err {err:.2e} vs fp64, {bad} non-finite"
+                        "gemm {m}x{k} n={n} {vname}: rel err {err:.2e} vs fp64, {bad} non-finite, \
+                         {} unwritten{}",
+                        poison.len(),
+                        first
+                            .map(|(r, c)| format!(" (first at row {r}, column {c})"))
+                            .unwrap_or_default()
                     ),
                 );
             }
