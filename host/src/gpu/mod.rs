@@ -422,13 +422,25 @@ impl Gpu {
         Ok(())
     }
 
-    /// A plan for shape (m, k, n) aiming at about 24 resident warps a
-    /// multiprocessor, one strip a warp.
+    /// A plan for shape (m, k, n) when none was tuned: about three blocks a
+    /// multiprocessor.
     pub fn default_plan(&self, m: usize, k: usize, n: usize) -> Plan {
         let kt = (k / 64) as u32;
-        let variant = [0, 1, 2]
-            .into_iter()
-            .find_map(|rs| variant_for(rs, n))
+        // Above N = 16 on Hopper, the one-warpgroup wgmma build (the tuner's
+        // usual choice there, BENCHMARKS.md); else the mma.sync kernels.
+        let hopper = (n > 16 && m % 64 == 0)
+            .then(|| {
+                let need = n.div_ceil(8);
+                (0..GEMM_VARIANTS.len())
+                    .filter(|&v| self.has_variant(v))
+                    .find(|&v| {
+                        let (rs, nb, _, cap, _) = GEMM_VARIANTS[v];
+                        rs == HOPPER && cap == "_w4s3" && nb >= need
+                    })
+            })
+            .flatten();
+        let variant = hopper
+            .or_else(|| [0, 1, 2].into_iter().find_map(|rs| variant_for(rs, n)))
             .expect("n <= FUSED_MAX_N");
         let sk = (self.sms * 3)
             .div_ceil(block_groups(m, variant))
