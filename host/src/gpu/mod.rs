@@ -733,6 +733,44 @@ impl Gpu {
         Ok(t[t.len() / 2])
     }
 
+    /// Time `f` and `g` alternately (f, g, f, g, ...), each launch between its
+    /// own pair of CUDA events: medians over `runs` runs each (milliseconds),
+    /// after `warmup` untimed rounds. Both see the same clocks and neighbours.
+    pub fn time_pair_ms(
+        &self,
+        warmup: usize,
+        runs: usize,
+        mut f: impl FnMut(usize) -> Result<()>,
+        mut g: impl FnMut(usize) -> Result<()>,
+    ) -> Result<(f64, f64)> {
+        for i in 0..warmup {
+            f(i)?;
+            g(i)?;
+        }
+        let ev = || {
+            self.ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(gpu_err)
+        };
+        let (a, b, c) = (ev()?, ev()?, ev()?);
+        let (mut tf, mut tg) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for i in 0..runs {
+            a.record(&self.stream).map_err(gpu_err)?;
+            f(warmup + i)?;
+            b.record(&self.stream).map_err(gpu_err)?;
+            g(warmup + i)?;
+            c.record(&self.stream).map_err(gpu_err)?;
+            c.synchronize().map_err(gpu_err)?;
+            tf.push(a.elapsed_ms(&b).map_err(gpu_err)? as f64);
+            tg.push(b.elapsed_ms(&c).map_err(gpu_err)? as f64);
+        }
+        let median = |mut t: Vec<f64>| {
+            t.sort_by(|x, y| x.total_cmp(y));
+            t[t.len() / 2]
+        };
+        Ok((median(tf), median(tg)))
+    }
+
     /// Candidate plans for (m, k, n): both strip counts, several splits.
     pub fn candidates(&self, m: usize, k: usize, n: usize) -> Vec<Plan> {
         let kt = (k / 64) as u32;
