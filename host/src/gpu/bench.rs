@@ -466,7 +466,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             // cuBLAS and the fused kernel alternate launch by launch, so that
             // clock or power changes during the measurement hit both alike.
             let (cub, fused, plan) = if n <= FUSED_MAX_N {
-                let sp = gpu.tune(&gm_refs, xp, yp, n)?;
+                // Tuned under the measurement's own conditions: cuBLAS
+                // between the fused launches.
+                let sp = gpu.tune_with(&gm_refs, xp, yp, n, cublas)?;
                 let (c, f) = gpu.time_pair_ms(10, runs, cublas, |i| {
                     gpu.gemm_fused(&gms[i % copies], xp, yp, n, Some(sp))
                 })?;

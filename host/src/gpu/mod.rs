@@ -827,11 +827,42 @@ impl Gpu {
     /// `w` (rotating over its copies); the choice is used by [`Gpu::plan`]
     /// from then on.
     pub fn tune(&self, w: &[&GpuMatrix], x: u64, y: u64, n: usize) -> Result<Plan> {
+        // Between timed runs, overwrite twice the L2's size: in a model other
+        // kernels run between two launches of a layer, and some builds (the
+        // warp-independent ones at N >= 8) measure 10-35 % slower after
+        // another kernel's traffic than back to back (BENCHMARKS.md).
+        let l2 = self
+            .ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .map_err(gpu_err)? as usize;
+        let mut flush = self
+            .stream
+            .alloc_zeros::<u8>((2 * l2).max(1 << 20))
+            .map_err(gpu_err)?;
+        let flush_len = flush.len();
+        self.tune_with(w, x, y, n, |_| {
+            self.stream
+                .memset_zeros(&mut flush.slice_mut(0..flush_len))
+                .map_err(gpu_err)
+        })
+    }
+
+    /// [`Gpu::tune`] with `between(i)` launched (untimed) before every timed
+    /// run of a candidate: what runs between two launches of the layer.
+    pub fn tune_with(
+        &self,
+        w: &[&GpuMatrix],
+        x: u64,
+        y: u64,
+        n: usize,
+        mut between: impl FnMut(usize) -> Result<()>,
+    ) -> Result<Plan> {
         let (m, k) = (w[0].rows, w[0].cols);
-        let time = |p: Plan, runs: usize| {
-            self.time_ms(3, runs, |i| {
+        let mut time = |p: Plan, runs: usize| -> Result<f64> {
+            let (_, t) = self.time_pair_ms(3, runs, &mut between, |i| {
                 self.gemm_fused(w[i % w.len()], x, y, n, Some(p))
-            })
+            })?;
+            Ok(t)
         };
         // Two rounds: every candidate briefly, then the best three again with
         // more runs, so that noise decides less often.
