@@ -463,18 +463,20 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             let y = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
             let (xp, yp) = (gpu.ptr(&xd), gpu.ptr(&y));
             let cublas = |i: usize| gpu.cublas_gemm(gpu.ptr(&dense[i % dcopies]), xp, yp, m, n, k);
-            // cuBLAS and the fused kernel alternate launch by launch, so that
-            // clock or power changes during the measurement hit both alike.
-            let (cub, fused, plan) = if n <= FUSED_MAX_N {
-                // Tuned under the measurement's own conditions: cuBLAS
-                // between the fused launches.
+            // Two timings of the same plan: back to back (each kernel after
+            // itself, the method of the earlier tables) and interleaved
+            // (cuBLAS and the fused kernel alternate launch by launch: each
+            // runs after the other's traffic, as layers do in a model).
+            let (cub, fused, plan, inter) = if n <= FUSED_MAX_N {
+                // Tuned with other work (cuBLAS) between the fused launches.
                 let sp = gpu.tune_with(&gm_refs, xp, yp, n, cublas)?;
-                let (c, f) = gpu.time_pair_ms(10, runs, cublas, |i| {
-                    gpu.gemm_fused(&gms[i % copies], xp, yp, n, Some(sp))
-                })?;
-                (c, Some(f), Some(sp))
+                let fz = |i: usize| gpu.gemm_fused(&gms[i % copies], xp, yp, n, Some(sp));
+                let c = gpu.time_ms(10, runs, cublas)?;
+                let f = gpu.time_ms(10, runs, fz)?;
+                let (ci, fi) = gpu.time_pair_ms(10, runs, cublas, fz)?;
+                (c, Some(f), Some(sp), Some((ci, fi)))
             } else {
-                (gpu.time_ms(10, runs, cublas)?, None, None)
+                (gpu.time_ms(10, runs, cublas)?, None, None, None)
             };
             let dec = if n >= 64 {
                 Some(gpu.time_ms(5, runs.min(100), |i| {
@@ -483,12 +485,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             } else {
                 None
             };
-            per_n.push((n, cub, fused, dec, plan));
+            per_n.push((n, cub, fused, dec, plan, inter));
         }
         // Crossover measured on this card.
-        let points: Vec<_> = per_n.iter().map(|&(n, _, f, d, _)| (n, f, d)).collect();
+        let points: Vec<_> = per_n.iter().map(|&(n, _, f, d, _, _)| (n, f, d)).collect();
         lin.set_crossover(&points);
-        for (n, cub, fused, dec, plan) in per_n {
+        for (n, cub, fused, dec, plan, inter) in per_n {
             let (zip, path) = if n <= lin.crossover {
                 (fused.unwrap(), "fused")
             } else {
@@ -509,6 +511,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 plan.map(|p| p.describe()).unwrap_or_default(),
                 zip_tbps,
                 cub_tbps,
+                // (zipserv, cuBLAS) interleaved, where the dispatched path is fused.
+                inter
+                    .filter(|_| path == "fused")
+                    .map(|(c, f)| (f * 1e3, c * 1e3)),
             ));
             println!(
                 "  n={n:>5}  zipserv {:>8.1} us ({path}{})  cublas {:>8.1} us  speedup {:.3}x  [{:.2} TB/s compressed, cublas {:.2} TB/s]",
@@ -522,39 +528,54 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
     }
     // Summary table.
-    println!("\nlayer          M      K      N   zipserv_us  cublas_us  speedup");
-    let mut logsum = (0.0, 0usize);
-    let mut minsp = f64::MAX;
+    println!("\nlayer          M      K      N   zipserv_us  cublas_us  speedup   interleaved: zipserv_us cublas_us speedup");
+    // (log sum, count, min) back to back and interleaved.
+    let mut stats = [(0.0, 0usize, f64::MAX); 2];
     for r in &gemm_rows {
         let sp = r.5 / r.4;
+        let alt = r.12.map(|(z, c)| (z, c, c / z));
         println!(
-            "{:<12} {:>6} {:>6} {:>5} {:>11.1} {:>10.1} {:>8.3}",
-            r.0, r.1, r.2, r.3, r.4, r.5, sp
+            "{:<12} {:>6} {:>6} {:>5} {:>11.1} {:>10.1} {:>8.3}   {}",
+            r.0,
+            r.1,
+            r.2,
+            r.3,
+            r.4,
+            r.5,
+            sp,
+            alt.map(|(z, c, s)| format!("{z:>11.1} {c:>9.1} {s:>7.3}"))
+                .unwrap_or_default()
         );
         if [1, 8, 16, 32].contains(&r.3) {
-            logsum.0 += sp.ln();
-            logsum.1 += 1;
-            minsp = minsp.min(sp);
+            for (st, v) in stats.iter_mut().zip([Some(sp), alt.map(|a| a.2)]) {
+                if let Some(v) = v {
+                    st.0 += v.ln();
+                    st.1 += 1;
+                    st.2 = st.2.min(v);
+                }
+            }
         }
     }
-    if logsum.1 > 0 {
-        println!(
-            "geometric-mean speedup over N in {{1,8,16,32}}: {:.3}x (min {:.3}x, {} points)",
-            (logsum.0 / logsum.1 as f64).exp(),
-            minsp,
-            logsum.1
-        );
+    for (st, how) in stats.iter().zip(["back to back", "interleaved"]) {
+        if st.1 > 0 {
+            println!(
+                "geometric-mean speedup over N in {{1,8,16,32}} ({how}): {:.3}x (min {:.3}x, {} points)",
+                (st.0 / st.1 as f64).exp(),
+                st.2,
+                st.1
+            );
+        }
     }
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let p = dir.join(format!("zipgemm-{}.csv", a.card));
         let mut f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
-        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,plan,zipgemm_tbps,cublas_tbps,speedup").unwrap();
+        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,plan,zipgemm_tbps,cublas_tbps,speedup,zipgemm_interleaved_us,cublas_interleaved_us,speedup_interleaved").unwrap();
         for r in &gemm_rows {
             let o = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
             writeln!(
                 f,
-                "{},{},{},{},{:.2},{:.2},{},{},{},{},{:.4},{:.4},{:.4}",
+                "{},{},{},{},{:.2},{:.2},{},{},{},{},{:.4},{:.4},{:.4},{},{},{}",
                 r.0,
                 r.1,
                 r.2,
@@ -567,7 +588,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 r.9,
                 r.10,
                 r.11,
-                r.5 / r.4
+                r.5 / r.4,
+                o(r.12.map(|a| a.0)),
+                o(r.12.map(|a| a.1)),
+                r.12.map(|(z, c)| format!("{:.4}", c / z))
+                    .unwrap_or_default()
             )
             .unwrap();
         }
