@@ -468,8 +468,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             // (cuBLAS and the fused kernel alternate launch by launch: each
             // runs after the other's traffic, as layers do in a model).
             let (cub, fused, plan, inter) = if n <= FUSED_MAX_N {
-                // Tuned with other work (cuBLAS) between the fused launches.
-                let sp = gpu.tune_with(&gm_refs, xp, yp, n, cublas)?;
+                // Tuned as the library tunes (back to back).
+                let sp = gpu.tune(&gm_refs, xp, yp, n)?;
                 let fz = |i: usize| gpu.gemm_fused(&gms[i % copies], xp, yp, n, Some(sp));
                 let c = gpu.time_ms(10, runs, cublas)?;
                 let f = gpu.time_ms(10, runs, fz)?;

@@ -827,24 +827,12 @@ impl Gpu {
     /// `w` (rotating over its copies); the choice is used by [`Gpu::plan`]
     /// from then on.
     pub fn tune(&self, w: &[&GpuMatrix], x: u64, y: u64, n: usize) -> Result<Plan> {
-        // Between timed runs, overwrite twice the L2's size: in a model other
-        // kernels run between two launches of a layer, and some builds (the
-        // warp-independent ones at N >= 8) measure 10-35 % slower after
-        // another kernel's traffic than back to back (BENCHMARKS.md).
-        let l2 = self
-            .ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-            .map_err(gpu_err)? as usize;
-        let mut flush = self
-            .stream
-            .alloc_zeros::<u8>((2 * l2).max(1 << 20))
-            .map_err(gpu_err)?;
-        let flush_len = flush.len();
-        self.tune_with(w, x, y, n, |_| {
-            self.stream
-                .memset_zeros(&mut flush.slice_mut(0..flush_len))
-                .map_err(gpu_err)
-        })
+        // Back to back: inside a model the fused kernels mostly follow one
+        // another. Tuning with other traffic between launches (a 2xL2 memset,
+        // or cuBLAS) picked plans that were faster in that setting but made
+        // the decoder's linear layers 2-7 % slower at batch 8-16
+        // (BENCHMARKS.md, optimisation log v12).
+        self.tune_with(w, x, y, n, |_| Ok(()))
     }
 
     /// [`Gpu::tune`] with `between(i)` launched (untimed) before every timed
