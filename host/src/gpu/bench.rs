@@ -567,9 +567,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
     }
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let p = dir.join(format!("zipgemm-{}.csv", a.card));
-        let mut f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
+        // Written whole and renamed into place: a run cut short leaves the
+        // previous CSVs, never half of one.
+        let mut f = Vec::new();
         writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,plan,zipgemm_tbps,cublas_tbps,speedup,zipgemm_interleaved_us,cublas_interleaved_us,speedup_interleaved").unwrap();
         for r in &gemm_rows {
             let o = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
@@ -596,12 +596,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             )
             .unwrap();
         }
-        let p = dir.join(format!("decompress-{}.csv", a.card));
-        let mut f = std::fs::File::create(&p).map_err(|e| Error::io(&p, e))?;
+        crate::container::write_bytes_atomic(&dir.join(format!("zipgemm-{}.csv", a.card)), &f)?;
+        let mut f = Vec::new();
         writeln!(f, "M,K,us,tbps_rw,fraction_of_copy").unwrap();
         for r in &dec_rows {
             writeln!(f, "{r}").unwrap();
         }
+        crate::container::write_bytes_atomic(&dir.join(format!("decompress-{}.csv", a.card)), &f)?;
         println!(
             "wrote CSVs to {} (device {}, copy ceiling {ceiling:.0} GB/s)",
             dir.display(),

@@ -107,7 +107,7 @@ impl Gpu {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
-        if cols % 8 != 0 || cols > 16384 {
+        if !cols.is_multiple_of(8) || cols > 16384 {
             return Err(Error::invalid(format!(
                 "rmsnorm: rows of {cols}; the kernel takes multiples of 8 up to 16384"
             )));
@@ -302,7 +302,7 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        if cols == 0 || cols % 8 != 0 || cols > u32::MAX as usize {
+        if cols == 0 || !cols.is_multiple_of(8) || cols > u32::MAX as usize {
             return Err(Error::invalid(format!(
                 "argmax: rows of {cols}; the kernel takes multiples of 8"
             )));

@@ -428,7 +428,7 @@ impl Gpu {
         let kt = (k / 64) as u32;
         // Above N = 16 on Hopper, the one-warpgroup wgmma build (the tuner's
         // usual choice there, BENCHMARKS.md); else the mma.sync kernels.
-        let hopper = (n > 16 && m % 64 == 0)
+        let hopper = (n > 16 && m.is_multiple_of(64))
             .then(|| {
                 let need = n.div_ceil(8);
                 (0..GEMM_VARIANTS.len())
@@ -783,7 +783,7 @@ impl Gpu {
                 continue;
             }
             for variant in self.variants(rs, n) {
-                if m % variant_rows(variant) != 0 {
+                if !m.is_multiple_of(variant_rows(variant)) {
                     continue;
                 }
                 let wpb = GEMM_VARIANTS[variant].4;

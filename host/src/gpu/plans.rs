@@ -37,7 +37,7 @@ impl PlanEntry {
     /// Whether the entry names a plan this build can launch for its shape.
     pub fn check(&self) -> Result<()> {
         let bad = |why: &str| Err(Error::invalid(format!("plan cache entry {self:?}: {why}")));
-        if self.m == 0 || self.k == 0 || self.m % 16 != 0 || self.k % 64 != 0 {
+        if self.m == 0 || self.k == 0 || !self.m.is_multiple_of(16) || !self.k.is_multiple_of(64) {
             return bad("not a ZipGEMM shape");
         }
         if self.n8 == 0 || self.n8 * 8 > FUSED_MAX_N {
@@ -46,7 +46,7 @@ impl PlanEntry {
         let Some(&(_, nb, _, _, _)) = GEMM_VARIANTS.get(self.variant) else {
             return bad("no such kernel variant");
         };
-        if nb < self.n8 || self.m % variant_rows(self.variant) != 0 {
+        if nb < self.n8 || !self.m.is_multiple_of(variant_rows(self.variant)) {
             return bad("the variant does not fit the shape");
         }
         let kt = (self.k / 64) as u32;
