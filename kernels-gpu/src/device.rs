@@ -754,19 +754,35 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
         return;
     }
     // The last warp of this strip group: read the sums, write BF16, clear the
-    // workspace and the counter for the next call.
+    // workspace and the counter for the next call. Runs of four rows (16
+    // bytes), eight loads in flight a lane before any is used: this is the
+    // kernel's tail, one L2 round trip a batch instead of one a value.
     asm!("fence.acq_rel.gpu;", options(nostack));
-    let rows = 16 * RS as u32;
-    let total = rows * n;
-    let mut i = lane;
-    while i < total {
-        let (col, r) = (i / rows, i % rows);
-        let idx = (col * m + first_strip * 16 + r) as usize;
-        let v: f32;
-        asm!("ld.global.cg.f32 {0}, [{1}];", out(reg32) v, in(reg64) ws.add(idx), options(nostack));
-        *y.add(idx) = f32_to_bf16(v);
-        asm!("st.global.cg.f32 [{0}], {1};", in(reg64) ws.add(idx), in(reg32) 0f32, options(nostack));
-        i += 32;
+    const BATCH: u32 = 8;
+    let runs_per_col = 4 * RS as u32;
+    let total = runs_per_col * n;
+    let at = |c: u32| (c / runs_per_col * m + first_strip * 16 + 4 * (c % runs_per_col)) as usize;
+    let mut c0 = lane;
+    while c0 < total {
+        let mut v = [[0f32; 4]; BATCH as usize];
+        for (b, vb) in v.iter_mut().enumerate() {
+            let c = c0 + 32 * b as u32;
+            if c < total {
+                asm!("ld.global.cg.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+                    out(reg32) vb[0], out(reg32) vb[1], out(reg32) vb[2], out(reg32) vb[3],
+                    in(reg64) ws.add(at(c)), options(nostack));
+            }
+        }
+        for (b, vb) in v.iter().enumerate() {
+            let c = c0 + 32 * b as u32;
+            if c < total {
+                let lo = f32_to_bf16(vb[0]) as u32 | (f32_to_bf16(vb[1]) as u32) << 16;
+                let hi = f32_to_bf16(vb[2]) as u32 | (f32_to_bf16(vb[3]) as u32) << 16;
+                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) y.add(at(c)), in(reg32) lo, in(reg32) hi, options(nostack));
+                asm!("st.global.cg.v4.f32 [{0}], {{{1}, {1}, {1}, {1}}};", in(reg64) ws.add(at(c)), in(reg32) 0f32, options(nostack));
+            }
+        }
+        c0 += 32 * BATCH;
     }
     if lane == 0 {
         asm!("st.global.relaxed.gpu.u32 [{0}], {1};", in(reg64) counters.add(group as usize), in(reg32) 0u32, options(nostack));
