@@ -171,7 +171,8 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
     let first_strip = cg * W + warp;
     // Whole warpgroups only (m is a multiple of 64): wgmma is collective.
     let active = cg * W + (warp / 4) * 4 < strips;
-    // A block's earlier segment may still be reading the ring.
+    // Not needed at a block's start (left from a stream-K schedule whose blocks
+    // ran several segments; the measured build has it, one barrier a block).
     bar_sync();
     let mut acc = [[0f32; 4]; NB];
     // An idle warpgroup (past the last row) decodes strips 0-3 and discards

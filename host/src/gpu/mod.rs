@@ -710,27 +710,9 @@ impl Gpu {
         &self,
         warmup: usize,
         runs: usize,
-        mut f: impl FnMut(usize) -> Result<()>,
+        f: impl FnMut(usize) -> Result<()>,
     ) -> Result<f64> {
-        for i in 0..warmup {
-            f(i)?;
-        }
-        let mut t = Vec::with_capacity(runs);
-        let ev = |s: &Self| {
-            s.ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(gpu_err)
-        };
-        let (a, b) = (ev(self)?, ev(self)?);
-        for i in 0..runs {
-            a.record(&self.stream).map_err(gpu_err)?;
-            f(warmup + i)?;
-            b.record(&self.stream).map_err(gpu_err)?;
-            b.synchronize().map_err(gpu_err)?;
-            t.push(a.elapsed_ms(&b).map_err(gpu_err)? as f64);
-        }
-        t.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        Ok(t[t.len() / 2])
+        Ok(self.time_pair_ms(warmup, runs, |_| Ok(()), f)?.1)
     }
 
     /// Time `f` and `g` alternately (f, g, f, g, ...), each launch between its
@@ -827,30 +809,16 @@ impl Gpu {
     /// `w` (rotating over its copies); the choice is used by [`Gpu::plan`]
     /// from then on.
     pub fn tune(&self, w: &[&GpuMatrix], x: u64, y: u64, n: usize) -> Result<Plan> {
+        let (m, k) = (w[0].rows, w[0].cols);
         // Back to back: inside a model the fused kernels mostly follow one
         // another. Tuning with other traffic between launches (a 2xL2 memset,
         // or cuBLAS) picked plans that were faster in that setting but made
         // the decoder's linear layers 2-7 % slower at batch 8-16
-        // (BENCHMARKS.md, optimisation log v12).
-        self.tune_with(w, x, y, n, |_| Ok(()))
-    }
-
-    /// [`Gpu::tune`] with `between(i)` launched (untimed) before every timed
-    /// run of a candidate: what runs between two launches of the layer.
-    pub fn tune_with(
-        &self,
-        w: &[&GpuMatrix],
-        x: u64,
-        y: u64,
-        n: usize,
-        mut between: impl FnMut(usize) -> Result<()>,
-    ) -> Result<Plan> {
-        let (m, k) = (w[0].rows, w[0].cols);
-        let mut time = |p: Plan, runs: usize| -> Result<f64> {
-            let (_, t) = self.time_pair_ms(3, runs, &mut between, |i| {
+        // (BENCHMARKS.md, optimisation log v16).
+        let time = |p: Plan, runs: usize| {
+            self.time_ms(3, runs, |i| {
                 self.gemm_fused(w[i % w.len()], x, y, n, Some(p))
-            })?;
-            Ok(t)
+            })
         };
         // Two rounds: every candidate briefly, then the best three again with
         // more runs, so that noise decides less often.
