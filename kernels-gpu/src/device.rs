@@ -243,7 +243,7 @@ pub(crate) fn f32_to_bf16(x: f32) -> u16 {
 /// One tile's compressed data as a lane holds it.
 #[derive(Clone, Copy)]
 pub(crate) struct TileRegs {
-    lo: [[u32; 4]; 2],
+    pub(crate) lo: [[u32; 4]; 2],
     sel: [u32; 3],
 }
 
@@ -288,7 +288,7 @@ pub(crate) unsafe fn load_exc_first(exc: *const u16, b: [u32; 3], lane: u32) -> 
 /// exception `i` in (a loop takes any past 32), and every lane reads its bytes
 /// back. Exceptions are ~3% of weights, so nearly every half has some.
 #[inline(always)]
-unsafe fn high_bytes(
+pub(crate) unsafe fn high_bytes(
     t: &TileRegs,
     half: usize,
     tab: (u32, u32),
@@ -332,7 +332,7 @@ unsafe fn high_bytes(
 
 /// The 8 A registers (two k16 slices) of a half from low and high bytes.
 #[inline(always)]
-fn assemble(lo: &[u32; 4], h: &[u32; 4]) -> [u32; 8] {
+pub(crate) fn assemble(lo: &[u32; 4], h: &[u32; 4]) -> [u32; 8] {
     let mut a = [0u32; 8];
     let mut i = 0;
     while i < 4 {

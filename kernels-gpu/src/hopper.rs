@@ -118,12 +118,12 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
 /// Hopper ZipGEMM block: `W` warps (`W / 4` warpgroups, `16 W` rows), one strip a warp,
 /// all on the same range of k tiles. Per k tile the block stages the activation
 /// image tile (`NB` KiB) and its warps' records into a ring of `S` stages
-/// with `cp.async`,
-/// `S - 2` tiles ahead; each warp decodes its record half by half
-/// into A registers and its warpgroup issues two `wgmma` (one per k16 slice) per
-/// half. A warpgroup keeps one half's wgmmas in flight while it decodes the
-/// next (`wgmma.wait_group 1` before each decode), so a stage is refilled only
-/// after every warpgroup's wgmmas on it completed. `x` is the image.
+/// with `cp.async`, `S - 1` tiles ahead; each warp decodes its record half by
+/// half into A registers and its warpgroup issues two `wgmma` (one per k16
+/// slice) per half. A warpgroup keeps one half's wgmmas in flight while it
+/// decodes the next half, and drains them before the tile's barrier, so a
+/// stage is refilled only after every warpgroup's wgmmas on it completed.
+/// `x` is the image.
 #[inline(always)]
 unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
     let cta_groups = (a.m / 16).div_ceil(W);
@@ -201,7 +201,7 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
 
     if t0 < t1 {
         let mut issue_stage = 0u32;
-        for s in 0..S as u32 - 2 {
+        for s in 0..S as u32 - 1 {
             fill(t0 + s, ring + issue_stage * stage_bytes);
             issue_stage += 1;
         }
@@ -215,17 +215,22 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
         let mut ce = load_exc_first(exc, cb0, lane);
         let mut t = t0;
         loop {
+            // Tile t's group is the oldest of the S - 1 in flight.
             match S {
-                4 => cp_async_wait::<1>(),
-                5 => cp_async_wait::<2>(),
-                6 => cp_async_wait::<3>(),
+                3 => cp_async_wait::<1>(),
+                4 => cp_async_wait::<2>(),
+                5 => cp_async_wait::<3>(),
                 _ => cp_async_wait::<0>(),
             }
             fence_proxy_async();
-            // Tile t has landed for everyone; every warpgroup's wgmmas on tile
-            // t - 2, whose stage the next copy refills, are complete.
+            // This warpgroup's last wgmmas (on tile t - 1) complete before
+            // the barrier: after it tile t has landed for everyone and no
+            // wgmma reads tile t - 1's stage, which the next copy refills
+            // (S - 1 tiles in flight; keeping them in flight across the
+            // barrier would cost a stage of lookahead).
+            wgmma_wait::<0>();
             bar_sync();
-            fill(t + S as u32 - 2, ring + issue_stage * stage_bytes);
+            fill(t + S as u32 - 1, ring + issue_stage * stage_bytes);
             issue_stage = if issue_stage + 1 == S as u32 {
                 0
             } else {
@@ -247,13 +252,26 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
             }
             let cur = read_staged(st + rec_dst, lane);
             for half in 0..2usize {
-                // The A registers about to be written are the ones the
-                // wgmmas two groups back read (the loop reuses its PTX
-                // registers); rewriting them before those complete is
-                // undefined. So at most one group (the other half's) stays in
-                // flight while this half decodes.
-                wgmma_wait::<1>();
-                let mut r = decode_half(&cur, half, tab, exc, &cb, &ce, lane, scratch);
+                // The table lookups and the exception patch run while the
+                // other half's wgmmas are in flight; only the final
+                // interleave (8 `prmt`) defines the A registers, after
+                // `wait_group 0`. ptxas serialises every wgmma (C7513: a
+                // wait after each one) if a non-wgmma instruction defines a
+                // wgmma input while any group is pending, and rewriting A
+                // registers an in-flight wgmma reads is undefined anyway.
+                let h = high_bytes(
+                    &cur,
+                    half,
+                    tab,
+                    exc,
+                    cb[half],
+                    cb[half + 1],
+                    ce[half],
+                    lane,
+                    scratch,
+                );
+                wgmma_wait::<0>();
+                let mut r = assemble(&cur.lo[half], &h);
                 for v in r.iter_mut() {
                     pin(v);
                 }
@@ -304,8 +322,8 @@ unsafe fn wgmma_nb<const NB: usize>(acc: &mut [[f32; 4]; NB], a: &[u32; 4], desc
 gemm_kernels!(
     zs_gemm_r3_nb4 = gemm_wg::<4, 5, 8>,
     zs_gemm_r3_nb8 = gemm_wg::<8, 5, 8>,
-    zs_gemm_r3_nb16 = gemm_wg::<16, 4, 8>,
-    // Three stages (one tile ahead): two blocks a multiprocessor fit.
+    // Three stages (two tiles ahead): two blocks a multiprocessor fit. (The
+    // four-stage build of this block crashes ptxas 12.9.)
     zs_gemm_r3_nb16_s3 = gemm_wg::<16, 3, 8>,
     // 16 warps (256 rows) a block: every activation tile read from L2 serves
     // twice the weights (at N = 128 the 8-warp block reads 1.4 bytes of
@@ -322,4 +340,7 @@ gemm_kernels!(
     zs_gemm_r3_nb8_w4s3 = gemm_wg::<8, 3, 4>,
     zs_gemm_r3_nb16_w4s3 = gemm_wg::<16, 3, 4>,
     zs_gemm_r3_nb2_w4s3 = gemm_wg::<2, 3, 4>,
+    // Three tiles ahead (N = 128 on the small layers waits on memory). The
+    // same block at NB = 8 crashes ptxas 12.9, so it is not built.
+    zs_gemm_r3_nb16_w4s4 = gemm_wg::<16, 4, 4>,
 );

@@ -12,6 +12,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Warps per block of every kernel.
@@ -49,7 +50,6 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 32] = [
     (2, 16, 3, "", 8),
     (3, 4, 5, "", 8),
     (3, 8, 5, "", 8),
-    (3, 16, 4, "", 8),
     (3, 16, 3, "_s3", 8),
     (3, 8, 4, "_w16", 16),
     (3, 16, 4, "_w16", 16),
@@ -59,6 +59,7 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 32] = [
     (3, 8, 3, "_w4s3", 4),
     (3, 16, 3, "_w4s3", 4),
     (3, 2, 3, "_w4s3", 4),
+    (3, 16, 4, "_w4s4", 4),
 ];
 /// The kernel families, as the first field of [`GEMM_VARIANTS`] names them.
 pub const FAMILIES: [usize; 4] = [0, 1, 2, 3];
@@ -241,9 +242,25 @@ impl Gpu {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(gpu_err)? as u32;
-        let ptx = embedded_ptx(sm)?;
+        // Kernel experiments: `ZIPSERV_PTX=file` loads that PTX instead of the
+        // embedded one (same entry points), so two builds can be timed on one
+        // machine. Announced on stderr: it is never silent.
+        let custom_ptx = std::env::var_os("ZIPSERV_PTX").is_some();
+        let ptx = match std::env::var_os("ZIPSERV_PTX") {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Error::Gpu(format!("ZIPSERV_PTX={}: {e}", Path::new(&path).display()))
+                })?;
+                eprintln!(
+                    "zipserv: kernels from ZIPSERV_PTX={}",
+                    Path::new(&path).display()
+                );
+                std::borrow::Cow::Owned(text)
+            }
+            None => std::borrow::Cow::Borrowed(embedded_ptx(sm)?),
+        };
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx.into_owned()))
             .map_err(gpu_err)?;
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
         let gather_fn = module.load_function("zs_gather_rows").map_err(gpu_err)?;
@@ -256,7 +273,13 @@ impl Gpu {
                 if rs == HOPPER && !hopper {
                     return Ok(None);
                 }
-                let f = module.load_function(&format!("zs_gemm_r{rs}_nb{nb}{cap}")).map_err(gpu_err)?;
+                let name = format!("zs_gemm_r{rs}_nb{nb}{cap}");
+                let f = match module.load_function(&name) {
+                    Ok(f) => f,
+                    // An experiment's PTX (another build) may lack a variant.
+                    Err(_) if custom_ptx => return Ok(None),
+                    Err(e) => return Err(gpu_err(e)),
+                };
                 // Rows of one kernel with several block sizes share the
                 // function: never set its limit below the default 48 KiB.
                 f.set_attribute(

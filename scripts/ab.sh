@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# A/B timing of two kernel builds on one GPU machine, same process setup:
+#   scripts/ab.sh OLD.ptx [bench args...]
+# runs the GPU tests (quick) on the embedded (new) kernels, then
+# `zipserv bench` with the embedded kernels and with ZIPSERV_PTX=OLD.ptx,
+# alternating new, old ($ROUNDS rounds, default 2), and prints every point's
+# median per build last. CSVs and logs go to $OUT (or ./gpu-out).
+set -u
+OLD=$1
+shift
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+bash scripts/unpack-dist.sh
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.total --format=csv,noheader
+dist/zipserv gpu-test --quick > "$OUT/gpu-test.log" 2>&1
+echo "gpu-test: rc=$? $(grep -E 'passed|FAILED' "$OUT/gpu-test.log" | tail -1)"
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  for build in new old; do
+    mkdir -p "$OUT/$build$round"
+    if [ $build = old ]; then export ZIPSERV_PTX=$OLD; else unset ZIPSERV_PTX; fi
+    dist/zipserv bench --quiet --out "$OUT/$build$round" "$@" > "$OUT/$build$round/bench.log" 2>&1
+    echo "bench $build round $round: rc=$?"
+  done
+done
+unset ZIPSERV_PTX
+python3 - "$OUT" <<'PY'
+import csv, sys, os, statistics
+out = sys.argv[1]
+rows = {}
+for d in sorted(os.listdir(out)):
+    p = os.path.join(out, d, "zipgemm-h100.csv")
+    if not os.path.exists(p):
+        continue
+    build = d.rstrip("0123456789")
+    for r in csv.DictReader(open(p)):
+        key = (r["layer"], int(r["N"]))
+        rows.setdefault(key, {}).setdefault(build, []).append(
+            (float(r["zipgemm_us"]), float(r["cublas_us"]), r["plan"]))
+print(f"{'layer':12} {'N':>4} {'new us':>8} {'old us':>8} {'cublas':>8} {'new/cub':>8} {'old/cub':>8}  new plan")
+for (layer, n), b in sorted(rows.items(), key=lambda x: (x[0][1], x[0][0])):
+    new, old = b.get("new", []), b.get("old", [])
+    cub = statistics.median([c for _, c, _ in new + old])
+    nz = statistics.median([z for z, _, _ in new]) if new else float("nan")
+    oz = statistics.median([z for z, _, _ in old]) if old else float("nan")
+    plan = new[-1][2] if new else ""
+    print(f"{layer:12} {n:4} {nz:8.2f} {oz:8.2f} {cub:8.2f} {cub/nz:8.3f} {cub/oz:8.3f}  {plan}")
+PY
+# The device tool brings back at most 8 files: one archive of the runs.
+(cd "$OUT" && tar czf runs.tgz new* old* && rm -rf new* old*)
