@@ -214,82 +214,99 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
         }
         let mut ce = load_exc_first(exc, cb0, lane);
         let mut t = t0;
-        loop {
-            // Tile t's group is the oldest of the S - 1 in flight.
-            match S {
-                3 => cp_async_wait::<1>(),
-                4 => cp_async_wait::<2>(),
-                5 => cp_async_wait::<3>(),
-                _ => cp_async_wait::<0>(),
-            }
-            fence_proxy_async();
-            // This warpgroup's last wgmmas (on tile t - 1) complete before
-            // the barrier: after it tile t has landed for everyone and no
-            // wgmma reads tile t - 1's stage, which the next copy refills
-            // (S - 1 tiles in flight; keeping them in flight across the
-            // barrier would cost a stage of lookahead).
-            wgmma_wait::<0>();
-            bar_sync();
-            fill(t + S as u32 - 1, ring + issue_stage * stage_bytes);
-            issue_stage = if issue_stage + 1 == S as u32 {
-                0
-            } else {
-                issue_stage + 1
-            };
-            let st = ring + cur_stage * stage_bytes;
-            cur_stage = if cur_stage + 1 == S as u32 {
-                0
-            } else {
-                cur_stage + 1
-            };
-            let mut farb = nbd;
-            let mut ne = [0u32; 2];
-            if t + 2 < t1 {
-                farb = load_exc_bounds(exc_off, tile(t + 2));
-            }
-            if t + 1 < t1 {
-                ne = load_exc_first(exc, nbd, lane);
-            }
-            let cur = read_staged(st + rec_dst, lane);
-            for half in 0..2usize {
-                // The table lookups and the exception patch run while the
-                // other half's wgmmas are in flight; only the final
-                // interleave (8 `prmt`) defines the A registers, after
-                // `wait_group 0`. ptxas serialises every wgmma (C7513: a
-                // wait after each one) if a non-wgmma instruction defines a
-                // wgmma input while any group is pending, and rewriting A
-                // registers an in-flight wgmma reads is undefined anyway.
-                let h = high_bytes(
-                    &cur,
-                    half,
-                    tab,
-                    exc,
-                    cb[half],
-                    cb[half + 1],
-                    ce[half],
-                    lane,
-                    scratch,
-                );
-                wgmma_wait::<0>();
-                let mut r = assemble(&cur.lo[half], &h);
-                for v in r.iter_mut() {
-                    pin(v);
+        // One k tile: consumes the bounds `$cb` and first exceptions `$ce` of
+        // tile t, loads the bounds of tile t + 2 into `$farb` and the first
+        // exceptions of tile t + 1 (from `$nbd`) into `$ne`.
+        macro_rules! step {
+            ($cb:ident, $nbd:ident, $ce:ident, $farb:ident, $ne:ident) => {
+                // Tile t's group is the oldest of the S - 1 in flight.
+                match S {
+                    3 => cp_async_wait::<1>(),
+                    4 => cp_async_wait::<2>(),
+                    5 => cp_async_wait::<3>(),
+                    _ => cp_async_wait::<0>(),
                 }
-                wgmma_fence();
-                let s0 = st + (2 * half as u32) * (NB as u32 * 256);
-                let s1 = s0 + NB as u32 * 256;
-                let (a0, a1) = ([r[0], r[1], r[2], r[3]], [r[4], r[5], r[6], r[7]]);
-                wgmma_nb::<NB>(&mut acc, &a0, smem_desc(s0, lbo, sbo));
-                wgmma_nb::<NB>(&mut acc, &a1, smem_desc(s1, lbo, sbo));
-                wgmma_commit();
-            }
+                fence_proxy_async();
+                // This warpgroup's last wgmmas (on tile t - 1) complete before
+                // the barrier: after it tile t has landed for everyone and no
+                // wgmma reads tile t - 1's stage, which the next copy refills
+                // (S - 1 tiles in flight; keeping them in flight across the
+                // barrier would cost a stage of lookahead).
+                wgmma_wait::<0>();
+                bar_sync();
+                fill(t + S as u32 - 1, ring + issue_stage * stage_bytes);
+                issue_stage = if issue_stage + 1 == S as u32 {
+                    0
+                } else {
+                    issue_stage + 1
+                };
+                let st = ring + cur_stage * stage_bytes;
+                cur_stage = if cur_stage + 1 == S as u32 {
+                    0
+                } else {
+                    cur_stage + 1
+                };
+                let mut $farb = $nbd;
+                let mut $ne = [0u32; 2];
+                if t + 2 < t1 {
+                    $farb = load_exc_bounds(exc_off, tile(t + 2));
+                }
+                if t + 1 < t1 {
+                    $ne = load_exc_first(exc, $nbd, lane);
+                }
+                let cur = read_staged(st + rec_dst, lane);
+                for half in 0..2usize {
+                    // The table lookups and the exception patch run while the
+                    // other half's wgmmas are in flight; only the final
+                    // interleave (8 `prmt`) defines the A registers, after
+                    // `wait_group 0`. ptxas serialises every wgmma (C7513: a
+                    // wait after each one) if a non-wgmma instruction defines a
+                    // wgmma input while any group is pending, and rewriting A
+                    // registers an in-flight wgmma reads is undefined anyway.
+                    let h = high_bytes(
+                        &cur,
+                        half,
+                        tab,
+                        exc,
+                        $cb[half],
+                        $cb[half + 1],
+                        $ce[half],
+                        lane,
+                        scratch,
+                    );
+                    wgmma_wait::<0>();
+                    let mut r = assemble(&cur.lo[half], &h);
+                    for v in r.iter_mut() {
+                        pin(v);
+                    }
+                    wgmma_fence();
+                    let s0 = st + (2 * half as u32) * (NB as u32 * 256);
+                    let s1 = s0 + NB as u32 * 256;
+                    let (a0, a1) = ([r[0], r[1], r[2], r[3]], [r[4], r[5], r[6], r[7]]);
+                    wgmma_nb::<NB>(&mut acc, &a0, smem_desc(s0, lbo, sbo));
+                    wgmma_nb::<NB>(&mut acc, &a1, smem_desc(s1, lbo, sbo));
+                    wgmma_commit();
+                }
+            };
+        }
+        // Unrolled twice, the roles of the prefetch registers swapping: a
+        // rotation (`ce = ne` at the end of every tile) is a register move
+        // that waits for the load issued in the same tile (ncu: 5-6 % of
+        // the stall samples at N = 128 sat on that move).
+        loop {
+            step!(cb, nbd, ce, farb, ne);
             t += 1;
             if t >= t1 {
                 break;
             }
-            cb = nbd;
-            nbd = farb;
-            ce = ne;
+            step!(nbd, farb, ne, farb2, ne2);
+            t += 1;
+            if t >= t1 {
+                break;
+            }
+            cb = farb;
+            nbd = farb2;
+            ce = ne2;
         }
         cp_async_wait::<0>();
         wgmma_wait::<0>();
