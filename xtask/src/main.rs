@@ -198,6 +198,12 @@ fn build_ptx() -> Result<()> {
         if !o.status.success() {
             bail!("ptxas rejected {}:\n{report}", dst.display());
         }
+        // C7513: ptxas serialises a kernel's wgmma (a wait after each one)
+        // when a non-wgmma instruction defines a wgmma input while a group is
+        // pending. The Hopper kernel is written to avoid it; keep it so.
+        if let Some(line) = report.lines().find(|l| l.contains("C7513")) {
+            bail!("ptxas serialises wgmma in {}:\n{line}", dst.display());
+        }
         let regs: Vec<String> = report
             .lines()
             .filter(|l| l.contains("Used"))
