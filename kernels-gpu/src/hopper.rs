@@ -256,10 +256,11 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                 }
                 let cur = read_staged(st + rec_dst, lane);
                 for half in 0..2usize {
-                    // The table lookups and the exception patch run while the
-                    // other half's wgmmas are in flight; only the final
-                    // interleave (8 `prmt`) defines the A registers, after
-                    // `wait_group 0`. ptxas serialises every wgmma (C7513: a
+                    // In half 1 the table lookups and the exception patch run
+                    // while half 0's wgmmas are in flight (in half 0 nothing
+                    // is: the tile's barrier drained them, and the wait below
+                    // costs nothing); only the final interleave (8 `prmt`)
+                    // defines the A registers, after `wait_group 0`. ptxas serialises every wgmma (C7513: a
                     // wait after each one) if a non-wgmma instruction defines a
                     // wgmma input while any group is pending, and rewriting A
                     // registers an in-flight wgmma reads is undefined anyway.

@@ -245,8 +245,9 @@ impl Gpu {
         // Kernel experiments: `ZIPSERV_PTX=file` loads that PTX instead of the
         // embedded one (same entry points), so two builds can be timed on one
         // machine. Announced on stderr: it is never silent.
-        let custom_ptx = std::env::var_os("ZIPSERV_PTX").is_some();
-        let ptx = match std::env::var_os("ZIPSERV_PTX") {
+        let custom = std::env::var_os("ZIPSERV_PTX");
+        let custom_ptx = custom.is_some();
+        let ptx = match custom {
             Some(path) => {
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     Error::Gpu(format!("ZIPSERV_PTX={}: {e}", Path::new(&path).display()))
