@@ -62,6 +62,14 @@ unsafe fn pin_f(v: &mut f32) {
     asm!("/* pin {0} */", inout(reg32) * v, options(nostack));
 }
 
+/// Wait until the grids this one depends on (launched before it on the
+/// stream) have completed and their writes are visible: `zs_act_image`, when
+/// the GEMM is launched as a programmatic dependent of it; a no-op otherwise.
+#[inline(always)]
+unsafe fn grid_dependency_wait() {
+    asm!("griddepcontrol.wait;", options(nostack));
+}
+
 /// The shared-memory descriptor of a K-major, unswizzled B operand at `addr`
 /// with core matrices `lbo` bytes apart along k and `sbo` bytes apart along n.
 #[inline(always)]
@@ -93,6 +101,10 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
     k: u32,
     nb: u32,
 ) {
+    // The GEMM launched after this kernel as its programmatic dependent may
+    // start now (its blocks wait for this grid's completion before they read
+    // the image: `griddepcontrol.wait`).
+    asm!("griddepcontrol.launch_dependents;", options(nostack));
     let i = _block_idx_x() as u32 * _block_dim_x() as u32 + _thread_idx_x() as u32;
     let rows = 8 * nb;
     if i >= (k / 64) * 2 * rows * 4 {
@@ -186,7 +198,7 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
     // Stage k tile `t` into stage `st`: the image tile (16-byte chunks, thread
     // `tid` takes chunks tid, tid + 256, ...) and this warp's record.
     let ximg = x as *const u8;
-    let fill = |t: u32, st: u32| {
+    let fill_image = |t: u32, st: u32| {
         if t < t1 {
             let src = ximg.add((t * xbytes) as usize);
             let mut c = tid;
@@ -194,17 +206,33 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                 cp_async16(st + c * 16, src.add(c as usize * 16));
                 c += W * 32;
             }
+        }
+    };
+    let fill_record = |t: u32, st: u32| {
+        if t < t1 {
             stage_tile(records, tile(t), lane, st + rec_dst);
         }
+    };
+    let fill = |t: u32, st: u32| {
+        fill_image(t, st);
+        fill_record(t, st);
         cp_async_commit();
     };
 
     if t0 < t1 {
-        let mut issue_stage = 0u32;
+        // The first tiles' records do not depend on the activation image, so
+        // they are requested before waiting for the kernel that writes it
+        // (launched as a programmatic dependent, this block may start while
+        // `zs_act_image` still runs); the first commit group holds them all.
         for s in 0..S as u32 - 1 {
-            fill(t0 + s, ring + issue_stage * stage_bytes);
-            issue_stage += 1;
+            fill_record(t0 + s, ring + s * stage_bytes);
         }
+        grid_dependency_wait();
+        for s in 0..S as u32 - 1 {
+            fill_image(t0 + s, ring + s * stage_bytes);
+            cp_async_commit();
+        }
+        let mut issue_stage = S as u32 - 1;
         let mut cur_stage = 0u32;
         let cb0 = load_exc_bounds(exc_off, tile(t0));
         let mut cb = cb0;
@@ -311,6 +339,8 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
         }
         cp_async_wait::<0>();
         wgmma_wait::<0>();
+    } else {
+        grid_dependency_wait();
     }
     if !active {
         return;

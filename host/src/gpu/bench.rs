@@ -383,6 +383,34 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
             );
         }
     }
+
+    // --- The plan cache (`--tune`): tune, save, load into a fresh context. ---
+    {
+        let (m, k, n) = (256usize, 512usize, 32usize);
+        let w = pooled_weights(m, k, s ^ 0x9e37);
+        let gm = gpu.upload(&crate::device_layout::build(&w, m, k)?)?;
+        let xd = gpu
+            .stream
+            .clone_htod(&uniform_bf16(n * k, 1.0, s ^ 0x7f4a))
+            .map_err(gpu_err)?;
+        let y = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
+        let tuned = gpu.tune(&[&gm], gpu.ptr(&xd), gpu.ptr(&y), n)?;
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("(temp dir)"), e))?;
+        let path = dir.path().join("plans.json");
+        let saved = gpu.save_plans(&path)?;
+        let fresh = Gpu::new(0)?;
+        let loaded = fresh.load_plans(&path)?;
+        let got = fresh.plan(m, k, n);
+        out.check(
+            saved >= 1 && loaded == saved && got == tuned,
+            &format!(
+                "plan cache: {saved} plans saved, {loaded} loaded into a fresh context; \
+                 {m}x{k} n={n}: tuned {}, loaded {}",
+                tuned.describe(),
+                got.describe()
+            ),
+        );
+    }
     println!("{} passed, {} failed", out.passed, out.failed);
     if out.failed > 0 {
         return Err(Error::Mismatch(format!(

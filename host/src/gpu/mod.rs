@@ -205,6 +205,9 @@ pub struct Gpu {
     gemm_fns: Vec<Option<CudaFunction>>,
     /// The Hopper kernel's activation rewrite (sm_90a only).
     image_fn: Option<CudaFunction>,
+    /// Launch the Hopper GEMM as a programmatic dependent of the activation
+    /// rewrite (sm_90a, the embedded kernels; `ZS_NO_PDL=1` turns it off).
+    pdl: bool,
 
     llm: llm::LlmFns,
     blas: CudaBlas,
@@ -301,6 +304,9 @@ impl Gpu {
                 Ok(Some(f))
             })
             .collect::<Result<Vec<_>>>()?;
+        // Only the embedded kernels are known to wait (`griddepcontrol.wait`)
+        // before reading the image; an experiment's PTX may predate that.
+        let pdl = hopper && !custom_ptx && std::env::var_os("ZS_NO_PDL").is_none();
         let image_fn = if hopper {
             Some(module.load_function("zs_act_image").map_err(gpu_err)?)
         } else {
@@ -317,6 +323,7 @@ impl Gpu {
             gather_fn,
             gemm_fns,
             image_fn,
+            pdl,
             llm,
             blas,
             scratch: Mutex::new(Scratch {
@@ -626,6 +633,34 @@ impl Gpu {
         let smem = variant_smem(plan.variant) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (wpb * 32, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        if rs == HOPPER && self.pdl {
+            // A programmatic dependent of `zs_act_image` (launched just before
+            // on this stream): its blocks start while the image is written,
+            // request their first records, then wait for it.
+            let (t0, t1) = w.table;
+            let mut args: [*mut std::ffi::c_void; 14] = [
+                &rec as *const u64 as *mut _,
+                &eo as *const u64 as *mut _,
+                &ex as *const u64 as *mut _,
+                &t0 as *const u32 as *mut _,
+                &t1 as *const u32 as *mut _,
+                &x as *const u64 as *mut _,
+                &y as *const u64 as *mut _,
+                &ws as *const u64 as *mut _,
+                &ctr as *const u64 as *mut _,
+                &mm as *const u32 as *mut _,
+                &nn as *const u32 as *mut _,
+                &kk as *const u32 as *mut _,
+                &sp.sk as *const u32 as *mut _,
+                &sp.tps as *const u32 as *mut _,
+            ];
+            return unsafe { self.launch_dependent(f, cfg, &mut args) };
+        }
         let mut b = self.stream.launch_builder(f);
         b.arg(&rec)
             .arg(&eo)
@@ -641,15 +676,44 @@ impl Gpu {
             .arg(&kk)
             .arg(&sp.sk)
             .arg(&sp.tps);
-        unsafe {
-            b.launch(LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (wpb * 32, 1, 1),
-                shared_mem_bytes: smem,
-            })
-        }
-        .map_err(gpu_err)?;
+        unsafe { b.launch(cfg) }.map_err(gpu_err)?;
         Ok(())
+    }
+
+    /// Launch `f` on this stream as a programmatic dependent of the kernel
+    /// before it (`cuLaunchKernelEx`, programmatic stream serialisation): it
+    /// may start once every block of that kernel has run
+    /// `griddepcontrol.launch_dependents`, and must `griddepcontrol.wait`
+    /// before it reads what that kernel writes.
+    ///
+    /// # Safety
+    /// `args` point to `f`'s parameters, in order, with their types.
+    unsafe fn launch_dependent(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        use cudarc::driver::sys;
+        self.ctx.bind_to_thread().map_err(gpu_err)?;
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let c = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        sys::cuLaunchKernelEx(&c, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut())
+            .result()
+            .map_err(gpu_err)
     }
 
     /// Rewrite `x` (`n x k` BF16) into the Hopper kernel's activation image for
