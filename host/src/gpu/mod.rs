@@ -638,61 +638,44 @@ impl Gpu {
             block_dim: (wpb * 32, 1, 1),
             shared_mem_bytes: smem,
         };
-        if rs == HOPPER && self.pdl {
-            // A programmatic dependent of `zs_act_image` (launched just before
-            // on this stream): its blocks start while the image is written,
-            // request their first records, then wait for it.
-            let (t0, t1) = w.table;
-            let mut args: [*mut std::ffi::c_void; 14] = [
-                &rec as *const u64 as *mut _,
-                &eo as *const u64 as *mut _,
-                &ex as *const u64 as *mut _,
-                &t0 as *const u32 as *mut _,
-                &t1 as *const u32 as *mut _,
-                &x as *const u64 as *mut _,
-                &y as *const u64 as *mut _,
-                &ws as *const u64 as *mut _,
-                &ctr as *const u64 as *mut _,
-                &mm as *const u32 as *mut _,
-                &nn as *const u32 as *mut _,
-                &kk as *const u32 as *mut _,
-                &sp.sk as *const u32 as *mut _,
-                &sp.tps as *const u32 as *mut _,
-            ];
-            return unsafe { self.launch_dependent(f, cfg, &mut args) };
-        }
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&rec)
-            .arg(&eo)
-            .arg(&ex)
-            .arg(&w.table.0)
-            .arg(&w.table.1);
-        b.arg(&x)
-            .arg(&y)
-            .arg(&ws)
-            .arg(&ctr)
-            .arg(&mm)
-            .arg(&nn)
-            .arg(&kk)
-            .arg(&sp.sk)
-            .arg(&sp.tps);
-        unsafe { b.launch(cfg) }.map_err(gpu_err)?;
-        Ok(())
+        let (t0, t1) = w.table;
+        let mut args: [*mut std::ffi::c_void; 14] = [
+            &rec as *const u64 as *mut _,
+            &eo as *const u64 as *mut _,
+            &ex as *const u64 as *mut _,
+            &t0 as *const u32 as *mut _,
+            &t1 as *const u32 as *mut _,
+            &x as *const u64 as *mut _,
+            &y as *const u64 as *mut _,
+            &ws as *const u64 as *mut _,
+            &ctr as *const u64 as *mut _,
+            &mm as *const u32 as *mut _,
+            &nn as *const u32 as *mut _,
+            &kk as *const u32 as *mut _,
+            &sp.sk as *const u32 as *mut _,
+            &sp.tps as *const u32 as *mut _,
+        ];
+        // The Hopper kernel: a programmatic dependent of `zs_act_image`
+        // (launched just before on this stream); its blocks start while the
+        // image is written, request their first records, then wait for it.
+        let dependent = rs == HOPPER && self.pdl;
+        unsafe { self.launch_raw(f, cfg, &mut args, dependent) }
     }
 
-    /// Launch `f` on this stream as a programmatic dependent of the kernel
-    /// before it (`cuLaunchKernelEx`, programmatic stream serialisation): it
-    /// may start once every block of that kernel has run
+    /// Launch `f` on this stream (`cuLaunchKernelEx`). With `dependent`, as a
+    /// programmatic dependent of the kernel before it (programmatic stream
+    /// serialisation): it may start once every block of that kernel has run
     /// `griddepcontrol.launch_dependents`, and must `griddepcontrol.wait`
     /// before it reads what that kernel writes.
     ///
     /// # Safety
     /// `args` point to `f`'s parameters, in order, with their types.
-    unsafe fn launch_dependent(
+    unsafe fn launch_raw(
         &self,
         f: &CudaFunction,
         cfg: LaunchConfig,
         args: &mut [*mut std::ffi::c_void],
+        dependent: bool,
     ) -> Result<()> {
         use cudarc::driver::sys;
         self.ctx.bind_to_thread().map_err(gpu_err)?;
@@ -709,7 +692,7 @@ impl Gpu {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: 1,
+            numAttrs: dependent as u32,
         };
         sys::cuLaunchKernelEx(&c, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut())
             .result()
