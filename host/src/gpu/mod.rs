@@ -259,12 +259,12 @@ impl Gpu {
                     "zipserv: kernels from ZIPSERV_PTX={}",
                     Path::new(&path).display()
                 );
-                std::borrow::Cow::Owned(text)
+                text
             }
-            None => std::borrow::Cow::Borrowed(embedded_ptx(sm)?),
+            None => embedded_ptx(sm)?.to_string(),
         };
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx.into_owned()))
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(gpu_err)?;
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
         let gather_fn = module.load_function("zs_gather_rows").map_err(gpu_err)?;
