@@ -59,6 +59,28 @@ unsafe fn lds_u32(addr: u32) -> u32 {
     a
 }
 
+/// In a ring of `S` `cp.async` stages with `S - 1` commit groups in flight,
+/// wait until the oldest has landed (the block-staged kernels' tile wait).
+#[inline(always)]
+pub(crate) unsafe fn ring_wait<const S: usize>() {
+    match S {
+        3 => cp_async_wait::<1>(),
+        4 => cp_async_wait::<2>(),
+        5 => cp_async_wait::<3>(),
+        _ => cp_async_wait::<0>(),
+    }
+}
+
+/// The stage after `s` in a ring of `S`.
+#[inline(always)]
+pub(crate) fn ring_next<const S: usize>(s: u32) -> u32 {
+    if s + 1 == S as u32 {
+        0
+    } else {
+        s + 1
+    }
+}
+
 /// Stage one tile record into shared memory (3 16-byte copies a lane at most).
 #[inline(always)]
 pub(crate) unsafe fn stage_tile(records: *const u8, tile: u32, lane: u32, dst: u32) {
@@ -627,28 +649,14 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(a: GemmArgs) {
         }
         let mut t = t0;
         loop {
-            match S {
-                2 => cp_async_wait::<0>(),
-                3 => cp_async_wait::<1>(),
-                4 => cp_async_wait::<2>(),
-                5 => cp_async_wait::<3>(),
-                _ => cp_async_wait::<0>(),
-            }
+            ring_wait::<S>();
             // Tile t has landed for everyone, and everyone is done with t - 1,
             // whose stage the next copy reuses.
             bar_sync();
             issue(t + S as u32 - 1, ring + issue_stage * stage_bytes);
-            issue_stage = if issue_stage + 1 == S as u32 {
-                0
-            } else {
-                issue_stage + 1
-            };
+            issue_stage = ring_next::<S>(issue_stage);
             let st = ring + cur_stage * stage_bytes;
-            cur_stage = if cur_stage + 1 == S as u32 {
-                0
-            } else {
-                cur_stage + 1
-            };
+            cur_stage = ring_next::<S>(cur_stage);
             let mut farb = nbd;
             let mut ne = [[0u32; 2]; RS];
             if active {

@@ -248,12 +248,7 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
         macro_rules! step {
             ($cb:ident, $nbd:ident, $ce:ident, $farb:ident, $ne:ident) => {
                 // Tile t's group is the oldest of the S - 1 in flight.
-                match S {
-                    3 => cp_async_wait::<1>(),
-                    4 => cp_async_wait::<2>(),
-                    5 => cp_async_wait::<3>(),
-                    _ => cp_async_wait::<0>(),
-                }
+                ring_wait::<S>();
                 fence_proxy_async();
                 // This warpgroup's last wgmmas (on tile t - 1) complete before
                 // the barrier: after it tile t has landed for everyone and no
@@ -263,17 +258,9 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                 wgmma_wait::<0>();
                 bar_sync();
                 fill(t + S as u32 - 1, ring + issue_stage * stage_bytes);
-                issue_stage = if issue_stage + 1 == S as u32 {
-                    0
-                } else {
-                    issue_stage + 1
-                };
+                issue_stage = ring_next::<S>(issue_stage);
                 let st = ring + cur_stage * stage_bytes;
-                cur_stage = if cur_stage + 1 == S as u32 {
-                    0
-                } else {
-                    cur_stage + 1
-                };
+                cur_stage = ring_next::<S>(cur_stage);
                 let mut $farb = $nbd;
                 let mut $ne = [0u32; 2];
                 if t + 2 < t1 {
