@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A/B timing of two kernel builds on one GPU machine, same process setup:
 #   scripts/ab.sh OLD.ptx [bench args...]
+#   scripts/ab.sh env:VAR=VALUE [bench args...]
 # runs the GPU tests (quick) on the embedded (new) kernels, then
-# `zipserv bench` with the embedded kernels and with ZIPSERV_PTX=OLD.ptx,
+# `zipserv bench` with the embedded kernels and with ZIPSERV_PTX=OLD.ptx (or
+# the same kernels with VAR=VALUE set, e.g. a switch that turns a feature off),
 # alternating new, old ($ROUNDS rounds, default 2), and prints every point's
 # median per build last. CSVs and logs go to $OUT (or ./gpu-out).
 set -u
@@ -18,12 +20,18 @@ echo "gpu-test: rc=$? $(grep -E 'passed|FAILED' "$OUT/gpu-test.log" | tail -1)"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for build in new old; do
     mkdir -p "$OUT/$build$round"
-    if [ $build = old ]; then export ZIPSERV_PTX=$OLD; else unset ZIPSERV_PTX; fi
+    unset ZIPSERV_PTX "${OLD_VAR:-ZS_UNUSED}"
+    if [ $build = old ]; then
+      case $OLD in
+        env:*) OLD_VAR=${OLD#env:}; OLD_VAR=${OLD_VAR%%=*}; export "${OLD#env:}" ;;
+        *) export ZIPSERV_PTX=$OLD ;;
+      esac
+    fi
     dist/zipserv bench --quiet --out "$OUT/$build$round" "$@" > "$OUT/$build$round/bench.log" 2>&1
     echo "bench $build round $round: rc=$?"
   done
 done
-unset ZIPSERV_PTX
+unset ZIPSERV_PTX "${OLD_VAR:-ZS_UNUSED}"
 python3 - "$OUT" <<'PY'
 import csv, sys, os, statistics
 out = sys.argv[1]

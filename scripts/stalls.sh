@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Where one fused launch's warps wait, per SASS instruction:
 #   scripts/stalls.sh LAYER N RS SPLIT_K
+# (ZS_FORCE_PLAN="r3nb16s3_w4s3 sk=5c" in the environment picks one plan.)
 # Profiles one launch (ncu, full set, source counters), writes the SASS source
 # page as CSV ($OUT/stalls-LAYER-N.csv) and the per-reason stall metrics
 # ($OUT/stalls-LAYER-N.txt).

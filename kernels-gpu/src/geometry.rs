@@ -194,3 +194,34 @@ pub const fn zipgemm_smem_bytes(rs: usize, nb: usize, stages: usize) -> usize {
 pub const fn zipgemm_smem_bytes_w(warps: usize, rs: usize, nb: usize, stages: usize) -> usize {
     warps * ZG_SCRATCH + stages * (nb * 1024 + warps * rs * DT_RECORD_BYTES)
 }
+
+/// Floats between two columns of a Hopper block's FP32 partial-sum tile in
+/// shared memory (cluster split-K): the block's `16 warps` rows plus 4, so
+/// the accumulator stores of a warp (8 rows x 4 column pairs) fall on 32
+/// different banks.
+pub const fn cluster_col_stride(warps: usize) -> usize {
+    16 * warps + 4
+}
+
+/// Bytes of a Hopper block's FP32 partial-sum tile (`8 nb` columns) in the
+/// cluster split-K; it reuses the block's stage ring ([`hopper_smem_bytes`]
+/// takes the larger).
+pub const fn cluster_partial_bytes(warps: usize, nb: usize) -> usize {
+    8 * nb * cluster_col_stride(warps) * 4
+}
+
+/// Dynamic shared memory of a Hopper ZipGEMM block of `warps` warps: the
+/// exception scratches, `image_stages` activation-image tiles and `stages`
+/// stages of the warps' records (one ring when the counts are equal, two
+/// otherwise: the same bytes per stage), and at least the cluster split-K's
+/// partial-sum tile over them.
+pub const fn hopper_smem_bytes(
+    warps: usize,
+    nb: usize,
+    stages: usize,
+    image_stages: usize,
+) -> usize {
+    let ring = image_stages * nb * 1024 + stages * warps * DT_RECORD_BYTES;
+    let partial = cluster_partial_bytes(warps, nb);
+    warps * ZG_SCRATCH + if ring > partial { ring } else { partial }
+}

@@ -27,6 +27,9 @@ use core::arch::nvptx::*;
 
 include!("wgmma_ops.rs");
 
+/// Largest thread-block cluster the host launches (portable size).
+const MAX_CLUSTER: usize = 8;
+
 #[inline(always)]
 unsafe fn wgmma_fence() {
     asm!("wgmma.fence.sync.aligned;", options(nostack));
@@ -130,32 +133,181 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
 /// Hopper ZipGEMM block: `W` warps (`W / 4` warpgroups, `16 W` rows), one strip a warp,
 /// all on the same range of k tiles. Per k tile the block stages the activation
 /// image tile (`NB` KiB) and its warps' records into a ring of `S` stages
-/// with `cp.async`, `S - 1` tiles ahead; each warp decodes its record half by
+/// with `cp.async`, `S - 1` tiles ahead (or, with `SI < S`, the image into a
+/// ring of its own, `SI - 1` tiles ahead); each warp decodes its record half by
 /// half into A registers and its warpgroup issues two `wgmma` (one per k16
 /// slice) per half. A warpgroup keeps one half's wgmmas in flight while it
 /// decodes the next half, and drains them before the tile's barrier, so a
 /// stage is refilled only after every warpgroup's wgmmas on it completed.
 /// `x` is the image.
 #[inline(always)]
-unsafe fn gemm_wg<const NB: usize, const S: usize, const W: u32>(a: GemmArgs) {
+unsafe fn gemm_wg<const NB: usize, const S: usize, const SI: usize, const W: u32>(a: GemmArgs) {
     let cta_groups = (a.m / 16).div_ceil(W);
     let b = _block_idx_x() as u32;
-    let (ks, cg) = (b / cta_groups, b % cta_groups);
+    // Launched in clusters of `sk` blocks (one row group's k splits), the
+    // blocks sum their partials on chip; else through the FP32 workspace.
+    let (nct, rank, cid) = cluster_dims();
+    let clustered = nct > 1;
+    let (ks, cg) = if clustered {
+        (rank, cid)
+    } else {
+        (b / cta_groups, b % cta_groups)
+    };
     let kt = a.k / 64;
     let t0 = ks * a.tps;
     let t1 = if t0 + a.tps < kt { t0 + a.tps } else { kt };
-    wg_segment::<NB, S, W>(&a, cg, t0, t1, a.sk);
+    wg_segment::<NB, S, SI, W>(&a, cg, t0, t1, a.sk, clustered);
+}
+
+/// (`%cluster_nctarank`, `%cluster_ctarank`, `%clusterid.x`): blocks in this
+/// block's cluster, its rank there, the cluster's index (1, 0 and the block
+/// index when launched without clusters).
+#[inline(always)]
+fn cluster_dims() -> (u32, u32, u32) {
+    let (n, r, id): (u32, u32, u32);
+    unsafe {
+        asm!("mov.u32 {0}, %cluster_nctarank;",
+            "mov.u32 {1}, %cluster_ctarank;",
+            "mov.u32 {2}, %clusterid.x;",
+            out(reg32) n, out(reg32) r, out(reg32) id, options(pure, nomem, nostack));
+    }
+    (n, r, id)
+}
+
+/// Every thread of the cluster arrives; shared-memory writes before it are
+/// visible to the cluster's reads after it.
+#[inline(always)]
+unsafe fn cluster_sync() {
+    asm!(
+        "barrier.cluster.arrive.release;",
+        "barrier.cluster.wait.acquire;",
+        options(nostack)
+    );
+}
+
+/// This block's shared-memory address `addr` in block `rank`'s shared memory
+/// (a `shared::cluster` address; offsets from it stay in that block).
+#[inline(always)]
+fn mapa(addr: u32, rank: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("mapa.shared::cluster.u32 {0}, {1}, {2};", out(reg32) r, in(reg32) addr,
+            in(reg32) rank, options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// 16 bytes at a `shared::cluster` address.
+#[inline(always)]
+unsafe fn ld_cluster_v4(addr: u32) -> [f32; 4] {
+    let (a, b, c, d): (f32, f32, f32, f32);
+    asm!("ld.shared::cluster.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+        out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
+        options(nostack));
+    [a, b, c, d]
+}
+
+/// Split-K epilogue inside a cluster of `sk` blocks (one row group, one k
+/// split each): every block parks its FP32 partial sums in its own shared
+/// memory (over the stage ring), then block `rank` sums its share of the
+/// tile's 4-row runs over all `sk` blocks through distributed shared memory,
+/// in rank order (deterministic), and writes BF16. No workspace, no atomics,
+/// and no L2 round trips at the tail. (Storing the partials straight into the
+/// owners' shared memory instead took 8-14 more registers a thread for the
+/// whole kernel: ptxas computes the 64 remote addresses while the
+/// accumulators are live.)
+#[inline(always)]
+unsafe fn finish_cluster<const NB: usize, const W: u32>(
+    acc: &[[f32; 4]; NB],
+    y: *mut u16,
+    m: u32,
+    n: u32,
+    cg: u32,
+    active: bool,
+    part: u32,
+) {
+    let (lane, warp) = lane_warp();
+    let (nct, rank, _) = cluster_dims();
+    let rows = 16 * W;
+    let stride = cluster_col_stride(W as usize) as u32;
+    // Every warp of the block is past its last read of the ring.
+    bar_sync();
+    if active {
+        // Accumulator (nb, i): row 16 warp + lane / 4 + 8 (i / 2), column
+        // nb * 8 + 2 (lane % 4) + i % 2.
+        let (r0, q) = (lane / 4, lane % 4);
+        for (nb, v) in acc.iter().enumerate() {
+            for (i, x) in v.iter().enumerate() {
+                let row = 16 * warp + r0 + 8 * (i as u32 / 2);
+                let col = nb as u32 * 8 + 2 * q + i as u32 % 2;
+                asm!("st.shared.f32 [{0}], {1};", in(reg32) part + (col * stride + row) * 4,
+                    in(reg32) *x, options(nostack));
+            }
+        }
+    }
+    cluster_sync();
+    let row0 = cg * rows;
+    let runs = if m - row0 < rows { m - row0 } else { rows } / 4;
+    let total = n * runs;
+    let threads = W * 32;
+    // This block's runs: c = rank * threads + tid + j * nct * threads, two at
+    // a time (one at NB <= 4: few runs, and the registers of the small
+    // builds), every block's value requested before any is summed: one round
+    // trip through the cluster per batch.
+    let batch = if NB >= 8 { 2 } else { 1 };
+    let step = nct * threads;
+    let mut c0 = rank * threads + warp * 32 + lane;
+    while c0 < total {
+        let mut v = [[[0f32; 4]; MAX_CLUSTER]; 2];
+        for (b, vb) in v.iter_mut().enumerate().take(batch) {
+            let c = c0 + b as u32 * step;
+            let off = part + ((c / runs) * stride + 4 * (c % runs)) * 4;
+            for (r, vr) in vb.iter_mut().enumerate() {
+                if c < total && (r as u32) < nct {
+                    *vr = ld_cluster_v4(mapa(off, r as u32));
+                }
+            }
+        }
+        for (b, vb) in v.iter().enumerate().take(batch) {
+            let c = c0 + b as u32 * step;
+            if c < total {
+                let mut s = vb[0];
+                for vr in vb.iter().skip(1) {
+                    // Past the cluster's size the slots are zero.
+                    for j in 0..4 {
+                        s[j] += vr[j];
+                    }
+                }
+                let (col, r4) = (c / runs, c % runs);
+                let lo = f32_to_bf16(s[0]) as u32 | (f32_to_bf16(s[1]) as u32) << 16;
+                let hi = f32_to_bf16(s[2]) as u32 | (f32_to_bf16(s[3]) as u32) << 16;
+                let p = y.add((col * m + row0 + 4 * r4) as usize);
+                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo,
+                    in(reg32) hi, options(nostack));
+            }
+        }
+        c0 += batch as u32 * step;
+    }
+    // No block leaves (its shared memory gone) while another still reads
+    // it: the loads above completed (their values are used), so no ordering
+    // is needed, only the arrival.
+    asm!(
+        "barrier.cluster.arrive.relaxed;",
+        "barrier.cluster.wait;",
+        options(nostack)
+    );
 }
 
 /// One block's work on row group `cg` (`16 W` rows), k tiles `t0..t1`, with
 /// `sk` blocks contributing to that row group.
 #[inline(always)]
-unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
+unsafe fn wg_segment<const NB: usize, const S: usize, const SI: usize, const W: u32>(
     a: &GemmArgs,
     cg: u32,
     t0: u32,
     t1: u32,
     sk: u32,
+    clustered: bool,
 ) {
     let GemmArgs {
         records,
@@ -178,6 +330,22 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
     let ring = base + W * ZG_SCRATCH as u32;
     let xbytes = (NB * 1024) as u32;
     let stage_bytes = xbytes + W * DT_RECORD_BYTES as u32;
+    // Stage layout. One ring (SI == S): stage s holds the image tile, then
+    // the warps' records. Two rings (SI < S): SI image tiles, then S stages of
+    // records; the records (from DRAM) come S - 1 tiles ahead, the image (from
+    // L2) SI - 1, in a smaller footprint.
+    let split = SI < S;
+    let (x_stride, r_stride, rring) = if split {
+        (
+            xbytes,
+            W * DT_RECORD_BYTES as u32,
+            ring + SI as u32 * xbytes,
+        )
+    } else {
+        (stage_bytes, stage_bytes, ring + xbytes)
+    };
+    let img_at = |s: u32| ring + s * x_stride;
+    let rec_at = |s: u32| rring + s * r_stride + warp * DT_RECORD_BYTES as u32;
     let strips = m / 16;
     let kt = k / 64;
     let first_strip = cg * W + warp;
@@ -192,7 +360,6 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
     // wgmma that sits in a path it cannot prove warp-uniform).
     let work_strip = if active { first_strip } else { warp % 4 };
     let tile = |t: u32| work_strip * kt + t;
-    let rec_dst = xbytes + warp * DT_RECORD_BYTES as u32;
     let (lbo, sbo) = ((NB * 128) as u32, 128u32);
 
     // Stage k tile `t` into stage `st`: the image tile (16-byte chunks, thread
@@ -210,13 +377,8 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
     };
     let fill_record = |t: u32, st: u32| {
         if t < t1 {
-            stage_tile(records, tile(t), lane, st + rec_dst);
+            stage_tile(records, tile(t), lane, st);
         }
-    };
-    let fill = |t: u32, st: u32| {
-        fill_image(t, st);
-        fill_record(t, st);
-        cp_async_commit();
     };
 
     if t0 < t1 {
@@ -225,15 +387,13 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
         // (launched as a programmatic dependent, this block may start while
         // `zs_act_image` still runs); the first commit group holds them all.
         for s in 0..S as u32 - 1 {
-            fill_record(t0 + s, ring + s * stage_bytes);
+            fill_record(t0 + s, rec_at(s));
         }
-        grid_dependency_wait();
-        for s in 0..S as u32 - 1 {
-            fill_image(t0 + s, ring + s * stage_bytes);
+        if split {
             cp_async_commit();
         }
-        let mut issue_stage = S as u32 - 1;
-        let mut cur_stage = 0u32;
+        // So are the first tiles' exception bounds and entries (two dependent
+        // loads from DRAM).
         let cb0 = load_exc_bounds(exc_off, tile(t0));
         let mut cb = cb0;
         let mut nbd = [0u32; 3];
@@ -241,14 +401,39 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
             nbd = load_exc_bounds(exc_off, tile(t0 + 1));
         }
         let mut ce = load_exc_first(exc, cb0, lane);
+        grid_dependency_wait();
+        for s in 0..SI as u32 - 1 {
+            fill_image(t0 + s, img_at(s));
+            cp_async_commit();
+        }
+        if split {
+            // Empty groups, so that the tile wait below counts the same
+            // groups from the first tile on.
+            for _ in 0..SI - 1 {
+                cp_async_commit();
+            }
+        }
+        let (mut issue_img, mut issue_rec) = (SI as u32 - 1, S as u32 - 1);
+        let (mut cur_img, mut cur_rec) = (0u32, 0u32);
         let mut t = t0;
         // One k tile: consumes the bounds `$cb` and first exceptions `$ce` of
         // tile t, loads the bounds of tile t + 2 into `$farb` and the first
         // exceptions of tile t + 1 (from `$nbd`) into `$ne`.
         macro_rules! step {
             ($cb:ident, $nbd:ident, $ce:ident, $farb:ident, $ne:ident) => {
-                // Tile t's group is the oldest of the S - 1 in flight.
-                ring_wait::<S>();
+                // One ring: tile t's group is the oldest of the S - 1 in
+                // flight. Two: each tile commits its image copy (SI - 1 tiles
+                // ahead), then its record copy (S - 1 ahead); tile t's image
+                // group is followed by 2 (SI - 1) - 1 younger ones.
+                if split {
+                    match SI {
+                        2 => cp_async_wait::<1>(),
+                        3 => cp_async_wait::<3>(),
+                        _ => cp_async_wait::<0>(),
+                    }
+                } else {
+                    ring_wait::<S>();
+                }
                 fence_proxy_async();
                 // This warpgroup's last wgmmas (on tile t - 1) complete before
                 // the barrier: after it tile t has landed for everyone and no
@@ -257,10 +442,18 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                 // barrier would cost a stage of lookahead).
                 wgmma_wait::<0>();
                 bar_sync();
-                fill(t + S as u32 - 1, ring + issue_stage * stage_bytes);
-                issue_stage = ring_next::<S>(issue_stage);
-                let st = ring + cur_stage * stage_bytes;
-                cur_stage = ring_next::<S>(cur_stage);
+                fill_image(t + SI as u32 - 1, img_at(issue_img));
+                if split {
+                    cp_async_commit();
+                }
+                fill_record(t + S as u32 - 1, rec_at(issue_rec));
+                cp_async_commit();
+                issue_img = ring_next::<SI>(issue_img);
+                issue_rec = ring_next::<S>(issue_rec);
+                let xs = img_at(cur_img);
+                let rs = rec_at(cur_rec);
+                cur_img = ring_next::<SI>(cur_img);
+                cur_rec = ring_next::<S>(cur_rec);
                 let mut $farb = $nbd;
                 let mut $ne = [0u32; 2];
                 if t + 2 < t1 {
@@ -269,7 +462,7 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                 if t + 1 < t1 {
                     $ne = load_exc_first(exc, $nbd, lane);
                 }
-                let cur = read_staged(st + rec_dst, lane);
+                let cur = read_staged(rs, lane);
                 for half in 0..2usize {
                     // In half 1 the table lookups and the exception patch run
                     // while half 0's wgmmas are in flight (in half 0 nothing
@@ -296,7 +489,7 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
                         pin(v);
                     }
                     wgmma_fence();
-                    let s0 = st + (2 * half as u32) * (NB as u32 * 256);
+                    let s0 = xs + (2 * half as u32) * (NB as u32 * 256);
                     let s1 = s0 + NB as u32 * 256;
                     let (a0, a1) = ([r[0], r[1], r[2], r[3]], [r[4], r[5], r[6], r[7]]);
                     wgmma_nb::<NB>(&mut acc, &a0, smem_desc(s0, lbo, sbo));
@@ -329,13 +522,17 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const W: u32>(
     } else {
         grid_dependency_wait();
     }
-    if !active {
-        return;
-    }
     for row in acc.iter_mut() {
         for v in row.iter_mut() {
             pin_f(v);
         }
+    }
+    if clustered {
+        finish_cluster::<NB, W>(&acc, y, m, n, cg, active, ring);
+        return;
+    }
+    if !active {
+        return;
     }
     finish::<NB, 1>(&[acc], y, ws, counters, m, n, sk, first_strip, lane);
 }
@@ -355,27 +552,33 @@ unsafe fn wgmma_nb<const NB: usize>(acc: &mut [[f32; 4]; NB], a: &[u32; 4], desc
 // zs_gemm_r3_nb{NB}: the Hopper family (`GEMM_VARIANTS` rows with 3 "strips";
 // the image, not `x`, is their activation argument).
 gemm_kernels!(
-    zs_gemm_r3_nb4 = gemm_wg::<4, 5, 8>,
-    zs_gemm_r3_nb8 = gemm_wg::<8, 5, 8>,
+    zs_gemm_r3_nb4 = gemm_wg::<4, 5, 5, 8>,
+    zs_gemm_r3_nb8 = gemm_wg::<8, 5, 5, 8>,
     // Three stages (two tiles ahead): two blocks a multiprocessor fit. (The
     // four-stage build of this block crashes ptxas 12.9.)
-    zs_gemm_r3_nb16_s3 = gemm_wg::<16, 3, 8>,
+    zs_gemm_r3_nb16_s3 = gemm_wg::<16, 3, 3, 8>,
     // 16 warps (256 rows) a block: every activation tile read from L2 serves
     // twice the weights (at N = 128 the 8-warp block reads 1.4 bytes of
     // activations from L2 per byte of weights).
-    zs_gemm_r3_nb8_w16 = gemm_wg::<8, 4, 16>,
-    zs_gemm_r3_nb16_w16 = gemm_wg::<16, 4, 16>,
-    zs_gemm_r3_nb16_w16s3 = gemm_wg::<16, 3, 16>,
+    zs_gemm_r3_nb8_w16 = gemm_wg::<8, 4, 4, 16>,
+    zs_gemm_r3_nb16_w16 = gemm_wg::<16, 4, 4, 16>,
+    zs_gemm_r3_nb16_w16s3 = gemm_wg::<16, 3, 3, 16>,
     // A smaller ring and a register cap: three blocks a multiprocessor.
-    zs_gemm_r3_nb8_s3c80 = gemm_wg::<8, 3, 8>,
+    zs_gemm_r3_nb8_s3c80 = gemm_wg::<8, 3, 3, 8>,
     // One warpgroup a block: more, smaller blocks, each with its own barrier
     // (each reads the activation tile for 64 rows only). The tuner's choice
     // at N = 16-64 on most shapes.
-    zs_gemm_r3_nb4_w4s3 = gemm_wg::<4, 3, 4>,
-    zs_gemm_r3_nb8_w4s3 = gemm_wg::<8, 3, 4>,
-    zs_gemm_r3_nb16_w4s3 = gemm_wg::<16, 3, 4>,
-    zs_gemm_r3_nb2_w4s3 = gemm_wg::<2, 3, 4>,
+    zs_gemm_r3_nb4_w4s3 = gemm_wg::<4, 3, 3, 4>,
+    zs_gemm_r3_nb8_w4s3 = gemm_wg::<8, 3, 3, 4>,
+    zs_gemm_r3_nb16_w4s3 = gemm_wg::<16, 3, 3, 4>,
+    zs_gemm_r3_nb2_w4s3 = gemm_wg::<2, 3, 3, 4>,
     // Three tiles ahead (N = 128 on the small layers waits on memory). The
     // same block at NB = 8 crashes ptxas 12.9, so it is not built.
-    zs_gemm_r3_nb16_w4s4 = gemm_wg::<16, 4, 4>,
+    zs_gemm_r3_nb16_w4s4 = gemm_wg::<16, 4, 4, 4>,
+    // Two image stages (one tile ahead, from L2) and three or four record
+    // stages (two or three ahead, from DRAM): at NB = 16 the block takes
+    // 52 KB instead of 68, and four blocks fit a multiprocessor, not three.
+    zs_gemm_r3_nb16_w4s3i2 = gemm_wg::<16, 3, 2, 4>,
+    zs_gemm_r3_nb8_w4s3i2 = gemm_wg::<8, 3, 2, 4>,
+    zs_gemm_r3_nb16_w4s4i2 = gemm_wg::<16, 4, 2, 4>,
 );

@@ -319,11 +319,20 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                 let kt = (k / 64) as u32;
                 for rs in FAMILIES {
                     for v in gpu.variants(rs, n) {
-                        for sk in [1, 3] {
-                            let p = Plan {
-                                variant: v,
-                                split: split_for(kt, sk),
-                            };
+                        let mut splits = vec![split_for(kt, 1), split_for(kt, 3)];
+                        // The Hopper kernel's on-chip (cluster) reduction:
+                        // an odd split and the largest cluster.
+                        if rs == HOPPER {
+                            splits.extend(
+                                [3, MAX_CLUSTER]
+                                    .map(|sk| split_for(kt, sk))
+                                    .into_iter()
+                                    .filter(|s| s.sk >= 2)
+                                    .map(|s| s.clustered()),
+                            );
+                        }
+                        for split in splits {
+                            let p = Plan { variant: v, split };
                             variants.push((format!("fused {}", p.describe()), Some(p)));
                         }
                     }
@@ -341,6 +350,17 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                     }
                 }
                 let got = gpu.stream.clone_dtoh(&y).map_err(gpu_err)?;
+                // The on-chip reduction sums in a fixed order: a second run
+                // gives the same bits.
+                if let Some(sp) = sp.filter(|p| p.split.cluster) {
+                    let y2 = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
+                    gpu.gemm_fused(&lin.weight, gpu.ptr(&xd), gpu.ptr(&y2), n, Some(sp))?;
+                    let again = gpu.stream.clone_dtoh(&y2).map_err(gpu_err)?;
+                    out.check(
+                        again == got,
+                        &format!("gemm {m}x{k} n={n} {vname}: a second run gives the same bits"),
+                    );
+                }
                 let (err, bad) = check_gemm(&w, &x, &got, m, n, k, &ms);
                 // Outputs still holding the poison (y is n x m): how many, and
                 // the first one's (row, column).

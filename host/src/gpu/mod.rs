@@ -24,10 +24,11 @@ pub const WARPS: u32 = zipserv_kernels::geometry::ZG_WARPS as u32;
 /// rewritten first into the tensor cores' layout; sm_90a PTX only, so only on
 /// compute capability 9.0). A `_d1` suffix names the build that loads records
 /// one tile ahead, not two, `j` one that loads activations just in time, `cNN`
-/// a register cap of NN; the last field is the block size in warps (the
+/// a register cap of NN, `i2` (Hopper) two activation-image stages in a ring
+/// of their own (the records keep `stages`); the last field is the block size in warps (the
 /// warp-independent kernel takes any; the others need 8). Must agree with
 /// `gemm_kernels!` in `kernels-gpu/src/device.rs` and `hopper.rs`.
-pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 32] = [
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 35] = [
     (0, 1, 0, "", 8),
     (0, 1, 0, "_d1", 8),
     (0, 1, 0, "_d1c64", 8),
@@ -60,6 +61,9 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 32] = [
     (3, 16, 3, "_w4s3", 4),
     (3, 2, 3, "_w4s3", 4),
     (3, 16, 4, "_w4s4", 4),
+    (3, 16, 3, "_w4s3i2", 4),
+    (3, 8, 3, "_w4s3i2", 4),
+    (3, 16, 4, "_w4s4i2", 4),
 ];
 /// The kernel families, as the first field of [`GEMM_VARIANTS`] names them.
 pub const FAMILIES: [usize; 4] = [0, 1, 2, 3];
@@ -71,11 +75,11 @@ pub const FUSED_MAX_N: usize = 128;
 /// Dynamic shared memory of a variant's block (the warp-independent kernel
 /// uses only the exception scratches of its warps).
 pub fn variant_smem(variant: usize) -> usize {
-    let (rs, nb, st, _, wpb) = GEMM_VARIANTS[variant];
+    let (rs, _, _, _, wpb) = GEMM_VARIANTS[variant];
     if rs == 0 {
         wpb as usize * zipserv_kernels::geometry::ZG_SCRATCH
     } else {
-        gemm_smem(rs, nb, st, wpb)
+        gemm_smem(GEMM_VARIANTS[variant])
     }
 }
 
@@ -96,12 +100,17 @@ fn block_groups(m: usize, variant: usize) -> u32 {
     ((m / 16) as u32).div_ceil(wpb * strips_a_warp)
 }
 
-/// Dynamic shared memory of a fused variant's block of `wpb` warps (the
-/// Hopper kernel stages one record a warp, as the block-staged kernel with one
-/// strip a warp).
-pub fn gemm_smem(rs: usize, nb: usize, stages: usize, wpb: u32) -> usize {
-    let rs = if rs == HOPPER { 1 } else { rs };
-    zipserv_kernels::geometry::zipgemm_smem_bytes_w(wpb as usize, rs, nb, stages)
+/// Dynamic shared memory of a block-staged or Hopper variant's block (the
+/// Hopper kernel stages one record a warp; an `i2` build has two image stages,
+/// the others one ring).
+pub fn gemm_smem((rs, nb, st, cap, wpb): (usize, usize, usize, &str, u32)) -> usize {
+    use zipserv_kernels::geometry::{hopper_smem_bytes, zipgemm_smem_bytes_w};
+    if rs == HOPPER {
+        let image_stages = if cap.ends_with("i2") { 2 } else { st };
+        hopper_smem_bytes(wpb as usize, nb, st, image_stages)
+    } else {
+        zipgemm_smem_bytes_w(wpb as usize, rs, nb, st)
+    }
 }
 
 fn gpu_err(e: impl std::fmt::Debug) -> Error {
@@ -157,10 +166,28 @@ pub struct GpuMatrix {
 }
 
 /// Split-K choice for the fused kernel: `sk` k-splits of `tps` tiles each.
+/// With `cluster` (Hopper kernel, 2 <= sk <= [`MAX_CLUSTER`]) the `sk` blocks
+/// of a row group run as one thread-block cluster and sum their partials
+/// through distributed shared memory; else through an FP32 workspace in L2
+/// (atomic reductions, the last block converts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Split {
     pub sk: u32,
     pub tps: u32,
+    pub cluster: bool,
+}
+
+/// Largest (portable) thread-block cluster, so the largest clustered split.
+pub const MAX_CLUSTER: u32 = 8;
+
+impl Split {
+    /// The same split summed on chip (see [`Split::cluster`]).
+    pub fn clustered(self) -> Split {
+        Split {
+            cluster: true,
+            ..self
+        }
+    }
 }
 
 /// A fused launch plan: kernel variant (index into [`GEMM_VARIANTS`]) and split.
@@ -178,7 +205,8 @@ impl Plan {
         } else {
             format!("w{wpb}")
         };
-        format!("r{rs}nb{nb}s{st}{cap}{w} sk={}", self.split.sk)
+        let c = if self.split.cluster { "c" } else { "" };
+        format!("r{rs}nb{nb}s{st}{cap}{w} sk={}{c}", self.split.sk)
     }
 }
 
@@ -208,6 +236,9 @@ pub struct Gpu {
     /// Launch the Hopper GEMM as a programmatic dependent of the activation
     /// rewrite (sm_90a, the embedded kernels; `ZS_NO_PDL=1` turns it off).
     pdl: bool,
+    /// The tuner may choose clustered splits (the Hopper kernels sum on chip;
+    /// `ZS_NO_CLUSTER=1` turns it off, for A/B runs).
+    clusters: bool,
 
     llm: llm::LlmFns,
     blas: CudaBlas,
@@ -263,6 +294,11 @@ impl Gpu {
             }
             None => embedded_ptx(sm)?.to_string(),
         };
+        // What an experiment's PTX supports, read from its text: the Hopper
+        // GEMM waiting for the image (`griddepcontrol.wait`: PDL is safe) and
+        // reading its cluster (clustered splits). The embedded PTX has both.
+        let waits_for_image = ptx.contains("griddepcontrol.wait");
+        let cluster_aware = ptx.contains("%cluster_nctarank");
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(gpu_err)?;
@@ -288,7 +324,7 @@ impl Gpu {
                 // function: never set its limit below the default 48 KiB.
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    gemm_smem(rs, nb, st, wpb).max(48 << 10) as i32,
+                    gemm_smem((rs, nb, st, cap, wpb)).max(48 << 10) as i32,
                 )
                 .map_err(gpu_err)?;
                 // A build whose registers do not let its block size launch
@@ -304,9 +340,8 @@ impl Gpu {
                 Ok(Some(f))
             })
             .collect::<Result<Vec<_>>>()?;
-        // Only the embedded kernels are known to wait (`griddepcontrol.wait`)
-        // before reading the image; an experiment's PTX may predate that.
-        let pdl = hopper && !custom_ptx && std::env::var_os("ZS_NO_PDL").is_none();
+        let pdl = hopper && waits_for_image && std::env::var_os("ZS_NO_PDL").is_none();
+        let clusters = hopper && cluster_aware && std::env::var_os("ZS_NO_CLUSTER").is_none();
         let image_fn = if hopper {
             Some(module.load_function("zs_act_image").map_err(gpu_err)?)
         } else {
@@ -324,6 +359,7 @@ impl Gpu {
             gemm_fns,
             image_fn,
             pdl,
+            clusters,
             llm,
             blas,
             scratch: Mutex::new(Scratch {
@@ -515,6 +551,7 @@ impl Gpu {
                 variant: p.variant,
                 sk: p.split.sk,
                 tps: p.split.tps,
+                cluster: p.split.cluster,
             })
             .collect();
         entries.sort_by_key(|e| (e.m, e.k, e.n8));
@@ -608,6 +645,12 @@ impl Gpu {
             )));
         }
         let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
+        if sp.cluster && (rs != HOPPER || sp.sk < 2 || sp.sk > MAX_CLUSTER) {
+            return Err(Error::invalid(format!(
+                "plan {}: a clustered split needs the Hopper kernel and 2..={MAX_CLUSTER} splits",
+                plan.describe()
+            )));
+        }
         if nb * 8 < n || m % variant_rows(plan.variant) != 0 {
             return Err(Error::invalid(format!(
                 "plan {} does not fit {m}x{k}, n = {n}",
@@ -621,7 +664,8 @@ impl Gpu {
                 self.sm
             )));
         };
-        let (ws, ctr, _) = self.ensure_scratch(if sp.sk > 1 { m * n } else { 0 }, m / 16, 0)?;
+        let on_chip = sp.sk == 1 || sp.cluster;
+        let (ws, ctr, _) = self.ensure_scratch(if on_chip { 0 } else { m * n }, m / 16, 0)?;
         // The Hopper kernel reads the activations rewritten into wgmma's layout.
         let x = if rs == HOPPER {
             self.act_image(x, n, k, nb)?
@@ -659,14 +703,16 @@ impl Gpu {
         // (launched just before on this stream); its blocks start while the
         // image is written, request their first records, then wait for it.
         let dependent = rs == HOPPER && self.pdl;
-        unsafe { self.launch_raw(f, cfg, &mut args, dependent) }
+        let cluster = if sp.cluster { sp.sk } else { 1 };
+        unsafe { self.launch_raw(f, cfg, &mut args, dependent, cluster) }
     }
 
     /// Launch `f` on this stream (`cuLaunchKernelEx`). With `dependent`, as a
     /// programmatic dependent of the kernel before it (programmatic stream
     /// serialisation): it may start once every block of that kernel has run
     /// `griddepcontrol.launch_dependents`, and must `griddepcontrol.wait`
-    /// before it reads what that kernel writes.
+    /// before it reads what that kernel writes. `cluster` > 1 launches
+    /// clusters of that many consecutive blocks (the grid a multiple of it).
     ///
     /// # Safety
     /// `args` point to `f`'s parameters, in order, with their types.
@@ -676,27 +722,46 @@ impl Gpu {
         cfg: LaunchConfig,
         args: &mut [*mut std::ffi::c_void],
         dependent: bool,
+        cluster: u32,
     ) -> Result<()> {
-        use cudarc::driver::sys;
         self.ctx.bind_to_thread().map_err(gpu_err)?;
-        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-        let c = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: dependent as u32,
+        let mut attrs = launch_attrs(dependent, cluster);
+        let c = launch_config(&cfg, self.stream.cu_stream(), &mut attrs);
+        cudarc::driver::sys::cuLaunchKernelEx(
+            &c,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .map_err(gpu_err)
+    }
+
+    /// How many clusters of `cluster` blocks of fused `variant` can be
+    /// resident at once (0: such a cluster cannot be launched).
+    fn max_active_clusters(&self, variant: usize, cluster: u32) -> u32 {
+        let Some(f) = &self.gemm_fns[variant] else {
+            return 0;
         };
-        sys::cuLaunchKernelEx(&c, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut())
-            .result()
-            .map_err(gpu_err)
+        let wpb = GEMM_VARIANTS[variant].4;
+        let cfg = LaunchConfig {
+            grid_dim: (cluster, 1, 1),
+            block_dim: (wpb * 32, 1, 1),
+            shared_mem_bytes: variant_smem(variant) as u32,
+        };
+        let mut attrs = launch_attrs(false, cluster);
+        let mut count: std::ffi::c_int = 0;
+        let ok = unsafe {
+            let c = launch_config(&cfg, self.stream.cu_stream(), &mut attrs);
+            cudarc::driver::sys::cuOccupancyMaxActiveClusters(&mut count, f.cu_function(), &c)
+                .result()
+                .is_ok()
+        };
+        if ok {
+            count.max(0) as u32
+        } else {
+            0
+        }
     }
 
     /// Rewrite `x` (`n x k` BF16) into the Hopper kernel's activation image for
@@ -871,7 +936,26 @@ impl Gpu {
                         cands.push(p);
                     }
                 }
+                // The Hopper kernel's splits summed on chip: every cluster
+                // size the card can hold.
+                if rs == HOPPER && self.clusters {
+                    for sk in 2..=MAX_CLUSTER.min(kt) {
+                        let split = split_for(kt, sk).clustered();
+                        if split.sk < 2 || force_sk.is_some_and(|f| f != split.sk) {
+                            continue;
+                        }
+                        let p = Plan { variant, split };
+                        if !cands.contains(&p) && self.max_active_clusters(variant, split.sk) > 0 {
+                            cands.push(p);
+                        }
+                    }
+                }
             }
+        }
+        // ZS_FORCE_PLAN: only the plan of that name (`Plan::describe`, e.g.
+        // "r3nb16s3_w4s3 sk=5c"), for profiling one launch.
+        if let Ok(name) = std::env::var("ZS_FORCE_PLAN") {
+            cands.retain(|p| p.describe() == name);
         }
         cands
     }
@@ -920,12 +1004,56 @@ impl Gpu {
     }
 }
 
+/// Launch attributes: programmatic stream serialisation (`dependent`), and a
+/// cluster dimension when `cluster` > 1.
+fn launch_attrs(dependent: bool, cluster: u32) -> Vec<cudarc::driver::sys::CUlaunchAttribute> {
+    use cudarc::driver::sys;
+    let mut attrs = Vec::new();
+    if dependent {
+        let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        a.value.programmaticStreamSerializationAllowed = 1;
+        attrs.push(a);
+    }
+    if cluster > 1 {
+        let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        a.value.clusterDim.x = cluster;
+        a.value.clusterDim.y = 1;
+        a.value.clusterDim.z = 1;
+        attrs.push(a);
+    }
+    attrs
+}
+
+/// The driver's launch configuration for `cfg` on `stream` with `attrs`
+/// (which must outlive its use).
+fn launch_config(
+    cfg: &LaunchConfig,
+    stream: cudarc::driver::sys::CUstream,
+    attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
+) -> cudarc::driver::sys::CUlaunchConfig {
+    cudarc::driver::sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
+    }
+}
+
 /// `sk` splits of a `kt`-tile range, made even.
 pub fn split_for(kt: u32, sk: u32) -> Split {
     let tps = kt.div_ceil(sk.max(1));
     Split {
         sk: kt.div_ceil(tps),
         tps,
+        cluster: false,
     }
 }
 

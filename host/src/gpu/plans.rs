@@ -1,7 +1,7 @@
 //! The tuner's choices saved across processes: a JSON file per card of the
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
-use super::{variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS};
+use super::{variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, HOPPER, MAX_CLUSTER};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,10 @@ pub struct PlanEntry {
     pub variant: usize,
     pub sk: u32,
     pub tps: u32,
+    /// The split's blocks sum on chip as one cluster ([`Split::cluster`]);
+    /// absent in files written before it existed.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 /// The plans of one card.
@@ -43,7 +47,7 @@ impl PlanEntry {
         if self.n8 == 0 || self.n8 * 8 > FUSED_MAX_N {
             return bad("N bucket out of range");
         }
-        let Some(&(_, nb, _, _, _)) = GEMM_VARIANTS.get(self.variant) else {
+        let Some(&(rs, nb, _, _, _)) = GEMM_VARIANTS.get(self.variant) else {
             return bad("no such kernel variant");
         };
         if nb < self.n8 || !self.m.is_multiple_of(variant_rows(self.variant)) {
@@ -57,6 +61,9 @@ impl PlanEntry {
         {
             return bad("the split does not cover the k tiles exactly");
         }
+        if self.cluster && (rs != HOPPER || self.sk < 2 || self.sk > MAX_CLUSTER) {
+            return bad("a clustered split needs the Hopper kernel and 2..=8 splits");
+        }
         Ok(())
     }
     pub fn plan(&self) -> Plan {
@@ -65,6 +72,7 @@ impl PlanEntry {
             split: Split {
                 sk: self.sk,
                 tps: self.tps,
+                cluster: self.cluster,
             },
         }
     }
@@ -135,6 +143,7 @@ mod tests {
             variant: 0,
             sk: s.sk,
             tps: s.tps,
+            cluster: false,
         }
     }
 
@@ -168,6 +177,11 @@ mod tests {
                 ..entry()
             },
             PlanEntry { n8: 17, ..entry() },
+            // Variant 0 is not the Hopper kernel.
+            PlanEntry {
+                cluster: true,
+                ..entry()
+            },
             PlanEntry { m: 100, ..entry() },
         ] {
             let mut c2 = c.clone();
