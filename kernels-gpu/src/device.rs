@@ -797,6 +797,161 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     }
 }
 
+// ---------------------------------------------------------------------------
+// Split-K inside a thread-block cluster (sm_90: the Hopper kernel and the
+// warp-independent kernel)
+// ---------------------------------------------------------------------------
+
+/// Largest thread-block cluster the host launches (portable size).
+#[cfg(zs_sm90)]
+const MAX_CLUSTER: usize = 8;
+
+/// (`%cluster_nctarank`, `%cluster_ctarank`, `%clusterid.x`): blocks in this
+/// block's cluster, its rank there, the cluster's index (1, 0 and the block
+/// index when launched without clusters).
+#[cfg(zs_sm90)]
+#[inline(always)]
+pub(crate) fn cluster_dims() -> (u32, u32, u32) {
+    let (n, r, id): (u32, u32, u32);
+    unsafe {
+        asm!("mov.u32 {0}, %cluster_nctarank;",
+            "mov.u32 {1}, %cluster_ctarank;",
+            "mov.u32 {2}, %clusterid.x;",
+            out(reg32) n, out(reg32) r, out(reg32) id, options(pure, nomem, nostack));
+    }
+    (n, r, id)
+}
+
+/// Every thread of the cluster arrives; shared-memory writes before it are
+/// visible to the cluster's reads after it.
+#[cfg(zs_sm90)]
+#[inline(always)]
+pub(crate) unsafe fn cluster_sync() {
+    asm!(
+        "barrier.cluster.arrive.release;",
+        "barrier.cluster.wait.acquire;",
+        options(nostack)
+    );
+}
+
+/// This block's shared-memory address `addr` in block `rank`'s shared memory
+/// (a `shared::cluster` address; offsets from it stay in that block).
+#[cfg(zs_sm90)]
+#[inline(always)]
+fn mapa(addr: u32, rank: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("mapa.shared::cluster.u32 {0}, {1}, {2};", out(reg32) r, in(reg32) addr,
+            in(reg32) rank, options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// 16 bytes at a `shared::cluster` address.
+#[cfg(zs_sm90)]
+#[inline(always)]
+unsafe fn ld_cluster_v4(addr: u32) -> [f32; 4] {
+    let (a, b, c, d): (f32, f32, f32, f32);
+    asm!("ld.shared::cluster.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+        out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
+        options(nostack));
+    [a, b, c, d]
+}
+
+/// Split-K epilogue inside a cluster of `sk` blocks of `w` warps (one row
+/// group of `16 w` rows, one k split each): every block parks its FP32
+/// partial sums in its own shared memory at `part` (the Hopper kernel: over
+/// its stage ring; the warp-independent kernel: over its scratches), then block `rank` sums its share of the
+/// tile's 4-row runs over all `sk` blocks through distributed shared memory,
+/// in rank order (deterministic), and writes BF16. No workspace, no atomics,
+/// and no L2 round trips at the tail. (Storing the partials straight into the
+/// owners' shared memory instead took 8-14 more registers a thread for the
+/// whole kernel: ptxas computes the 64 remote addresses while the
+/// accumulators are live.)
+#[cfg(zs_sm90)]
+#[inline(always)]
+pub(crate) unsafe fn finish_cluster<const NB: usize>(
+    acc: &[[f32; 4]; NB],
+    y: *mut u16,
+    m: u32,
+    n: u32,
+    cg: u32,
+    active: bool,
+    part: u32,
+    w: u32,
+) {
+    let (lane, warp) = lane_warp();
+    let (nct, rank, _) = cluster_dims();
+    let rows = 16 * w;
+    let stride = cluster_col_stride(w as usize) as u32;
+    // Every warp of the block is past its last read of the ring.
+    bar_sync();
+    if active {
+        // Accumulator (nb, i): row 16 warp + lane / 4 + 8 (i / 2), column
+        // nb * 8 + 2 (lane % 4) + i % 2.
+        let (r0, q) = (lane / 4, lane % 4);
+        for (nb, v) in acc.iter().enumerate() {
+            for (i, x) in v.iter().enumerate() {
+                let row = 16 * warp + r0 + 8 * (i as u32 / 2);
+                let col = nb as u32 * 8 + 2 * q + i as u32 % 2;
+                asm!("st.shared.f32 [{0}], {1};", in(reg32) part + (col * stride + row) * 4,
+                    in(reg32) *x, options(nostack));
+            }
+        }
+    }
+    cluster_sync();
+    let row0 = cg * rows;
+    let runs = if m - row0 < rows { m - row0 } else { rows } / 4;
+    let total = n * runs;
+    let threads = w * 32;
+    // This block's runs: c = rank * threads + tid + j * nct * threads, two at
+    // a time (one at NB <= 4: few runs, and the registers of the small
+    // builds), every block's value requested before any is summed: one round
+    // trip through the cluster per batch.
+    let batch = if NB >= 8 { 2 } else { 1 };
+    let step = nct * threads;
+    let mut c0 = rank * threads + warp * 32 + lane;
+    while c0 < total {
+        let mut v = [[[0f32; 4]; MAX_CLUSTER]; 2];
+        for (b, vb) in v.iter_mut().enumerate().take(batch) {
+            let c = c0 + b as u32 * step;
+            let off = part + ((c / runs) * stride + 4 * (c % runs)) * 4;
+            for (r, vr) in vb.iter_mut().enumerate() {
+                if c < total && (r as u32) < nct {
+                    *vr = ld_cluster_v4(mapa(off, r as u32));
+                }
+            }
+        }
+        for (b, vb) in v.iter().enumerate().take(batch) {
+            let c = c0 + b as u32 * step;
+            if c < total {
+                let mut s = vb[0];
+                for vr in vb.iter().skip(1) {
+                    // Past the cluster's size the slots are zero.
+                    for j in 0..4 {
+                        s[j] += vr[j];
+                    }
+                }
+                let (col, r4) = (c / runs, c % runs);
+                let lo = f32_to_bf16(s[0]) as u32 | (f32_to_bf16(s[1]) as u32) << 16;
+                let hi = f32_to_bf16(s[2]) as u32 | (f32_to_bf16(s[3]) as u32) << 16;
+                let p = y.add((col * m + row0 + 4 * r4) as usize);
+                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo,
+                    in(reg32) hi, options(nostack));
+            }
+        }
+        c0 += batch as u32 * step;
+    }
+    // No block leaves (its shared memory gone) while another still reads
+    // it: the loads above completed (their values are used), so no ordering
+    // is needed, only the arrival.
+    asm!(
+        "barrier.cluster.arrive.relaxed;",
+        "barrier.cluster.wait;",
+        options(nostack)
+    );
+}
+
 /// ZipGEMM, warp-independent variant (best for small N): each warp streams one
 /// 16-row strip over its range of k tiles with no block barrier; tile records
 /// come through registers two tiles ahead, activation fragments straight from
@@ -826,12 +981,30 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
     let strips = m / 16;
     let kt = k / 64;
     // Any block size: blocks are only a way to launch independent warps.
-    let gw = _block_idx_x() as u32 * (_block_dim_x() as u32 / 32) + warp;
-    if gw >= strips * sk {
+    let wpb = _block_dim_x() as u32 / 32;
+    let gw = _block_idx_x() as u32 * wpb + warp;
+    // Launched in clusters of `sk` blocks (sm_90), block `rank` of cluster
+    // `cid` takes k split `rank` of strips `cid * wpb ..`, and the cluster sums
+    // on chip; every warp then stays to the end (cluster barriers).
+    #[cfg(zs_sm90)]
+    let (nct, rank, cid) = cluster_dims();
+    #[cfg(not(zs_sm90))]
+    let (nct, rank, cid) = (1u32, 0u32, 0u32);
+    let clustered = nct > 1;
+    let (ks, strip) = if clustered {
+        (rank, cid * wpb + warp)
+    } else {
+        (gw / strips, gw % strips)
+    };
+    let active = if clustered {
+        strip < strips
+    } else {
+        gw < strips * sk
+    };
+    if !active && !clustered {
         return;
     }
-    let (ks, strip) = (gw / strips, gw % strips);
-    let t0 = ks * tps;
+    let t0 = if active { ks * tps } else { kt };
     let t1 = if t0 + tps < kt { t0 + tps } else { kt };
     let (r0, q) = (lane / 4, lane % 4);
     let mut acc = [[[0f32; 4]; NB]; 1];
@@ -896,6 +1069,12 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
             nxt = far;
             nbd = farb;
         }
+    }
+    #[cfg(zs_sm90)]
+    if clustered {
+        // The scratches are free now: the partial sums go over them.
+        finish_cluster::<NB>(&acc[0], y, m, n, cid, active, smem_base(), wpb);
+        return;
     }
     finish::<NB, 1>(&acc, y, ws, counters, m, n, sk, strip, lane);
 }

@@ -27,9 +27,6 @@ use core::arch::nvptx::*;
 
 include!("wgmma_ops.rs");
 
-/// Largest thread-block cluster the host launches (portable size).
-const MAX_CLUSTER: usize = 8;
-
 #[inline(always)]
 unsafe fn wgmma_fence() {
     asm!("wgmma.fence.sync.aligned;", options(nostack));
@@ -157,145 +154,6 @@ unsafe fn gemm_wg<const NB: usize, const S: usize, const SI: usize, const W: u32
     let t0 = ks * a.tps;
     let t1 = if t0 + a.tps < kt { t0 + a.tps } else { kt };
     wg_segment::<NB, S, SI, W>(&a, cg, t0, t1, a.sk, clustered);
-}
-
-/// (`%cluster_nctarank`, `%cluster_ctarank`, `%clusterid.x`): blocks in this
-/// block's cluster, its rank there, the cluster's index (1, 0 and the block
-/// index when launched without clusters).
-#[inline(always)]
-fn cluster_dims() -> (u32, u32, u32) {
-    let (n, r, id): (u32, u32, u32);
-    unsafe {
-        asm!("mov.u32 {0}, %cluster_nctarank;",
-            "mov.u32 {1}, %cluster_ctarank;",
-            "mov.u32 {2}, %clusterid.x;",
-            out(reg32) n, out(reg32) r, out(reg32) id, options(pure, nomem, nostack));
-    }
-    (n, r, id)
-}
-
-/// Every thread of the cluster arrives; shared-memory writes before it are
-/// visible to the cluster's reads after it.
-#[inline(always)]
-unsafe fn cluster_sync() {
-    asm!(
-        "barrier.cluster.arrive.release;",
-        "barrier.cluster.wait.acquire;",
-        options(nostack)
-    );
-}
-
-/// This block's shared-memory address `addr` in block `rank`'s shared memory
-/// (a `shared::cluster` address; offsets from it stay in that block).
-#[inline(always)]
-fn mapa(addr: u32, rank: u32) -> u32 {
-    let r: u32;
-    unsafe {
-        asm!("mapa.shared::cluster.u32 {0}, {1}, {2};", out(reg32) r, in(reg32) addr,
-            in(reg32) rank, options(pure, nomem, nostack));
-    }
-    r
-}
-
-/// 16 bytes at a `shared::cluster` address.
-#[inline(always)]
-unsafe fn ld_cluster_v4(addr: u32) -> [f32; 4] {
-    let (a, b, c, d): (f32, f32, f32, f32);
-    asm!("ld.shared::cluster.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
-        out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
-        options(nostack));
-    [a, b, c, d]
-}
-
-/// Split-K epilogue inside a cluster of `sk` blocks (one row group, one k
-/// split each): every block parks its FP32 partial sums in its own shared
-/// memory (over the stage ring), then block `rank` sums its share of the
-/// tile's 4-row runs over all `sk` blocks through distributed shared memory,
-/// in rank order (deterministic), and writes BF16. No workspace, no atomics,
-/// and no L2 round trips at the tail. (Storing the partials straight into the
-/// owners' shared memory instead took 8-14 more registers a thread for the
-/// whole kernel: ptxas computes the 64 remote addresses while the
-/// accumulators are live.)
-#[inline(always)]
-unsafe fn finish_cluster<const NB: usize, const W: u32>(
-    acc: &[[f32; 4]; NB],
-    y: *mut u16,
-    m: u32,
-    n: u32,
-    cg: u32,
-    active: bool,
-    part: u32,
-) {
-    let (lane, warp) = lane_warp();
-    let (nct, rank, _) = cluster_dims();
-    let rows = 16 * W;
-    let stride = cluster_col_stride(W as usize) as u32;
-    // Every warp of the block is past its last read of the ring.
-    bar_sync();
-    if active {
-        // Accumulator (nb, i): row 16 warp + lane / 4 + 8 (i / 2), column
-        // nb * 8 + 2 (lane % 4) + i % 2.
-        let (r0, q) = (lane / 4, lane % 4);
-        for (nb, v) in acc.iter().enumerate() {
-            for (i, x) in v.iter().enumerate() {
-                let row = 16 * warp + r0 + 8 * (i as u32 / 2);
-                let col = nb as u32 * 8 + 2 * q + i as u32 % 2;
-                asm!("st.shared.f32 [{0}], {1};", in(reg32) part + (col * stride + row) * 4,
-                    in(reg32) *x, options(nostack));
-            }
-        }
-    }
-    cluster_sync();
-    let row0 = cg * rows;
-    let runs = if m - row0 < rows { m - row0 } else { rows } / 4;
-    let total = n * runs;
-    let threads = W * 32;
-    // This block's runs: c = rank * threads + tid + j * nct * threads, two at
-    // a time (one at NB <= 4: few runs, and the registers of the small
-    // builds), every block's value requested before any is summed: one round
-    // trip through the cluster per batch.
-    let batch = if NB >= 8 { 2 } else { 1 };
-    let step = nct * threads;
-    let mut c0 = rank * threads + warp * 32 + lane;
-    while c0 < total {
-        let mut v = [[[0f32; 4]; MAX_CLUSTER]; 2];
-        for (b, vb) in v.iter_mut().enumerate().take(batch) {
-            let c = c0 + b as u32 * step;
-            let off = part + ((c / runs) * stride + 4 * (c % runs)) * 4;
-            for (r, vr) in vb.iter_mut().enumerate() {
-                if c < total && (r as u32) < nct {
-                    *vr = ld_cluster_v4(mapa(off, r as u32));
-                }
-            }
-        }
-        for (b, vb) in v.iter().enumerate().take(batch) {
-            let c = c0 + b as u32 * step;
-            if c < total {
-                let mut s = vb[0];
-                for vr in vb.iter().skip(1) {
-                    // Past the cluster's size the slots are zero.
-                    for j in 0..4 {
-                        s[j] += vr[j];
-                    }
-                }
-                let (col, r4) = (c / runs, c % runs);
-                let lo = f32_to_bf16(s[0]) as u32 | (f32_to_bf16(s[1]) as u32) << 16;
-                let hi = f32_to_bf16(s[2]) as u32 | (f32_to_bf16(s[3]) as u32) << 16;
-                let p = y.add((col * m + row0 + 4 * r4) as usize);
-                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo,
-                    in(reg32) hi, options(nostack));
-            }
-        }
-        c0 += batch as u32 * step;
-    }
-    // No block leaves (its shared memory gone) while another still reads
-    // it: the loads above completed (their values are used), so no ordering
-    // is needed, only the arrival.
-    asm!(
-        "barrier.cluster.arrive.relaxed;",
-        "barrier.cluster.wait;",
-        options(nostack)
-    );
 }
 
 /// One block's work on row group `cg` (`16 W` rows), k tiles `t0..t1`, with
@@ -528,7 +386,7 @@ unsafe fn wg_segment<const NB: usize, const S: usize, const SI: usize, const W: 
         }
     }
     if clustered {
-        finish_cluster::<NB, W>(&acc, y, m, n, cg, active, ring);
+        finish_cluster::<NB>(&acc, y, m, n, cg, active, ring, W);
         return;
     }
     if !active {

@@ -320,9 +320,9 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                 for rs in FAMILIES {
                     for v in gpu.variants(rs, n) {
                         let mut splits = vec![split_for(kt, 1), split_for(kt, 3)];
-                        // The Hopper kernel's on-chip (cluster) reduction:
-                        // an odd split and the largest cluster.
-                        if rs == HOPPER {
+                        // The on-chip (cluster) reduction: an odd split and
+                        // the largest cluster.
+                        if clusterable(rs) && gpu.sm >= 90 {
                             splits.extend(
                                 [3, MAX_CLUSTER]
                                     .map(|sk| split_for(kt, sk))

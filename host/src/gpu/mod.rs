@@ -236,9 +236,11 @@ pub struct Gpu {
     /// Launch the Hopper GEMM as a programmatic dependent of the activation
     /// rewrite (sm_90a, the embedded kernels; `ZS_NO_PDL=1` turns it off).
     pdl: bool,
-    /// The tuner may choose clustered splits (the Hopper kernels sum on chip;
-    /// `ZS_NO_CLUSTER=1` turns it off, for A/B runs).
-    clusters: bool,
+    /// Kernel families whose splits the tuner may sum in a cluster (compute
+    /// capability 9.0 and up: the Hopper and the warp-independent kernels).
+    /// For A/B runs `ZS_NO_CLUSTER=1` turns it off, `ZS_NO_CLUSTER=0` (or
+    /// `=3`) only for that family.
+    clusters: [bool; 4],
 
     llm: llm::LlmFns,
     blas: CudaBlas,
@@ -341,9 +343,35 @@ impl Gpu {
             })
             .collect::<Result<Vec<_>>>()?;
         let pdl = hopper && waits_for_image && std::env::var_os("ZS_NO_PDL").is_none();
-        let clusters = hopper && cluster_aware && std::env::var_os("ZS_NO_CLUSTER").is_none();
+        let no_cluster = std::env::var("ZS_NO_CLUSTER").ok();
+        let clusters = [0, 1, 2, 3].map(|rs| {
+            sm >= 90
+                && cluster_aware
+                && clusterable(rs)
+                && match no_cluster.as_deref() {
+                    None => true,
+                    Some(f) if f == "0" || f == "3" => f != rs.to_string(),
+                    Some(_) => false,
+                }
+        });
         let image_fn = if hopper {
-            Some(module.load_function("zs_act_image").map_err(gpu_err)?)
+            let f = module.load_function("zs_act_image").map_err(gpu_err)?;
+            // The GEMM that follows as its programmatic dependent starts while
+            // the image kernel's blocks still run: with the image kernel
+            // preferring the largest shared-memory carveout, the
+            // multiprocessors need not be reconfigured (drained) before the
+            // GEMM's blocks fit beside it. Without this, clustered GEMM plans
+            // launched after cuBLAS (which leaves another carveout) ran a
+            // third slower (BENCHMARKS.md, session 5). `ZS_IMAGE_CARVEOUT=0`
+            // leaves the driver's default, for A/B runs.
+            if std::env::var("ZS_IMAGE_CARVEOUT").as_deref() != Ok("0") {
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    100,
+                )
+                .map_err(gpu_err)?;
+            }
+            Some(f)
         } else {
             None
         };
@@ -645,9 +673,10 @@ impl Gpu {
             )));
         }
         let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
-        if sp.cluster && (rs != HOPPER || sp.sk < 2 || sp.sk > MAX_CLUSTER) {
+        if sp.cluster && (!clusterable(rs) || sp.sk < 2 || sp.sk > MAX_CLUSTER || self.sm < 90) {
             return Err(Error::invalid(format!(
-                "plan {}: a clustered split needs the Hopper kernel and 2..={MAX_CLUSTER} splits",
+                "plan {}: a clustered split needs compute capability 9.0, the Hopper or the \
+                 warp-independent kernel and 2..={MAX_CLUSTER} splits",
                 plan.describe()
             )));
         }
@@ -674,7 +703,7 @@ impl Gpu {
         };
 
         let blocks = block_groups(m, plan.variant) * sp.sk;
-        let smem = variant_smem(plan.variant) as u32;
+        let smem = plan_smem(plan) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
         let cfg = LaunchConfig {
@@ -739,7 +768,8 @@ impl Gpu {
 
     /// How many clusters of `cluster` blocks of fused `variant` can be
     /// resident at once (0: such a cluster cannot be launched).
-    fn max_active_clusters(&self, variant: usize, cluster: u32) -> u32 {
+    fn max_active_clusters(&self, plan: Plan) -> u32 {
+        let (variant, cluster) = (plan.variant, plan.split.sk);
         let Some(f) = &self.gemm_fns[variant] else {
             return 0;
         };
@@ -747,7 +777,7 @@ impl Gpu {
         let cfg = LaunchConfig {
             grid_dim: (cluster, 1, 1),
             block_dim: (wpb * 32, 1, 1),
-            shared_mem_bytes: variant_smem(variant) as u32,
+            shared_mem_bytes: plan_smem(plan) as u32,
         };
         let mut attrs = launch_attrs(false, cluster);
         let mut count: std::ffi::c_int = 0;
@@ -923,6 +953,7 @@ impl Gpu {
                 let mut sks: Vec<u32> = (1..=3).map(|w| (w * slots) / cta_groups).collect();
                 sks.extend([1, 2, 4].map(|b| (self.sms * b).div_ceil(cta_groups)));
                 sks.push(1);
+                let sks_all = sks.clone();
                 for sk in sks {
                     let sk = sk.clamp(1, kt);
                     if force_sk.is_some_and(|f| f != sk) {
@@ -936,16 +967,26 @@ impl Gpu {
                         cands.push(p);
                     }
                 }
-                // The Hopper kernel's splits summed on chip: every cluster
-                // size the card can hold.
-                if rs == HOPPER && self.clusters {
-                    for sk in 2..=MAX_CLUSTER.min(kt) {
+                // Splits summed on chip: for the Hopper kernel every cluster
+                // size the card can hold, for the warp-independent kernel the
+                // sizes above that fit a cluster.
+                if self.clusters[rs] {
+                    let sizes: Vec<u32> = if rs == HOPPER {
+                        (2..=MAX_CLUSTER).collect()
+                    } else {
+                        sks_all
+                            .iter()
+                            .copied()
+                            .filter(|&k| (2..=MAX_CLUSTER).contains(&k))
+                            .collect()
+                    };
+                    for sk in sizes.into_iter().filter(|&k| k <= kt) {
                         let split = split_for(kt, sk).clustered();
                         if split.sk < 2 || force_sk.is_some_and(|f| f != split.sk) {
                             continue;
                         }
                         let p = Plan { variant, split };
-                        if !cands.contains(&p) && self.max_active_clusters(variant, split.sk) > 0 {
+                        if !cands.contains(&p) && self.max_active_clusters(p) > 0 {
                             cands.push(p);
                         }
                     }
@@ -1044,6 +1085,27 @@ fn launch_config(
         hStream: stream,
         attrs: attrs.as_mut_ptr(),
         numAttrs: attrs.len() as u32,
+    }
+}
+
+/// Whether kernel family `rs` can sum its k splits in a cluster (sm_90).
+pub fn clusterable(rs: usize) -> bool {
+    rs == HOPPER || rs == 0
+}
+
+/// Dynamic shared memory of a launch of `plan`: the variant's, and for a
+/// clustered warp-independent split at least its partial-sum tile (which
+/// goes over the warps' scratches; the Hopper builds' rings hold it already).
+pub fn plan_smem(plan: Plan) -> usize {
+    let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
+    let smem = variant_smem(plan.variant);
+    if plan.split.cluster && rs == 0 {
+        smem.max(zipserv_kernels::geometry::cluster_partial_bytes(
+            wpb as usize,
+            nb,
+        ))
+    } else {
+        smem
     }
 }
 

@@ -1,7 +1,7 @@
 //! The tuner's choices saved across processes: a JSON file per card of the
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
-use super::{variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, HOPPER, MAX_CLUSTER};
+use super::{clusterable, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, MAX_CLUSTER};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -61,8 +61,10 @@ impl PlanEntry {
         {
             return bad("the split does not cover the k tiles exactly");
         }
-        if self.cluster && (rs != HOPPER || self.sk < 2 || self.sk > MAX_CLUSTER) {
-            return bad("a clustered split needs the Hopper kernel and 2..=8 splits");
+        if self.cluster && (!clusterable(rs) || self.sk < 2 || self.sk > MAX_CLUSTER) {
+            return bad(
+                "a clustered split needs the Hopper or warp-independent kernel and 2..=8 splits",
+            );
         }
         Ok(())
     }
@@ -177,9 +179,17 @@ mod tests {
                 ..entry()
             },
             PlanEntry { n8: 17, ..entry() },
-            // Variant 0 is not the Hopper kernel.
+            // The block-staged kernels cannot sum in a cluster.
+            PlanEntry {
+                variant: GEMM_VARIANTS.iter().position(|v| v.0 == 1).unwrap(),
+                cluster: true,
+                ..entry()
+            },
+            // Nor can any split of more than 8.
             PlanEntry {
                 cluster: true,
+                sk: 16,
+                tps: 4,
                 ..entry()
             },
             PlanEntry { m: 100, ..entry() },
