@@ -43,16 +43,21 @@ for d in sorted(os.listdir(out)):
     build = d.rstrip("0123456789")
     for r in csv.DictReader(open(p)):
         key = (r["layer"], int(r["N"]))
+        q = (float(r["zipgemm_queued_us"]), float(r["cublas_queued_us"])) if r.get("zipgemm_queued_us") else None
         rows.setdefault(key, {}).setdefault(build, []).append(
-            (float(r["zipgemm_us"]), float(r["cublas_us"]), r["plan"]))
-print(f"{'layer':12} {'N':>4} {'new us':>8} {'old us':>8} {'cublas':>8} {'new/cub':>8} {'old/cub':>8}  new plan")
+            (float(r["zipgemm_us"]), float(r["cublas_us"]), r["plan"], q))
+print(f"{'layer':12} {'N':>4} {'new us':>8} {'old us':>8} {'cublas':>8} {'new/cub':>8} {'old/cub':>8}  queued: {'new':>7} {'old':>7} {'cublas':>7} {'new/cub':>7} {'old/cub':>7}  new plan")
+med = lambda v: statistics.median(v) if v else float("nan")
 for (layer, n), b in sorted(rows.items(), key=lambda x: (x[0][1], x[0][0])):
     new, old = b.get("new", []), b.get("old", [])
-    cub = statistics.median([c for _, c, _ in new + old])
-    nz = statistics.median([z for z, _, _ in new]) if new else float("nan")
-    oz = statistics.median([z for z, _, _ in old]) if old else float("nan")
+    cub = med([r[1] for r in new + old])
+    nz = med([r[0] for r in new])
+    oz = med([r[0] for r in old])
+    nq = med([r[3][0] for r in new if r[3]])
+    oq = med([r[3][0] for r in old if r[3]])
+    cq = med([r[3][1] for r in new + old if r[3]])
     plan = new[-1][2] if new else ""
-    print(f"{layer:12} {n:4} {nz:8.2f} {oz:8.2f} {cub:8.2f} {cub/nz:8.3f} {cub/oz:8.3f}  {plan}")
+    print(f"{layer:12} {n:4} {nz:8.2f} {oz:8.2f} {cub:8.2f} {cub/nz:8.3f} {cub/oz:8.3f}          {nq:7.2f} {oq:7.2f} {cq:7.2f} {cq/nq:7.3f} {cq/oq:7.3f}  {plan}")
 PY
 # The device tool brings back at most 8 files: one archive of the runs.
 (cd "$OUT" && tar czf runs.tgz new* old* && rm -rf new* old*)

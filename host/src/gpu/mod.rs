@@ -884,6 +884,45 @@ impl Gpu {
     /// Time `f` and `g` alternately (f, g, f, g, ...), each launch between its
     /// own pair of CUDA events: medians over `runs` runs each (milliseconds),
     /// after `warmup` untimed rounds. Both see the same clocks and neighbours.
+    /// Median GPU time of one call of `f` with the calls queued back to back
+    /// (no host synchronisation between them, an event between every two
+    /// calls): what a serving loop that enqueues ahead of the GPU sees. The
+    /// synchronised timings ([`Gpu::time_ms`]) start every call on an idle
+    /// GPU, so they also count the host's launch latency (a few µs a call).
+    pub fn time_queued_ms(
+        &self,
+        warmup: usize,
+        runs: usize,
+        mut f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<f64> {
+        for i in 0..warmup {
+            f(i)?;
+        }
+        let evs = (0..=runs)
+            .map(|_| {
+                self.ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(gpu_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        evs[0].record(&self.stream).map_err(gpu_err)?;
+        for i in 0..runs {
+            f(warmup + i)?;
+            evs[i + 1].record(&self.stream).map_err(gpu_err)?;
+        }
+        evs[runs].synchronize().map_err(gpu_err)?;
+        let mut t = (0..runs)
+            .map(|i| {
+                evs[i]
+                    .elapsed_ms(&evs[i + 1])
+                    .map(|x| x as f64)
+                    .map_err(gpu_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        t.sort_by(|x, y| x.total_cmp(y));
+        Ok(t[t.len() / 2])
+    }
+
     pub fn time_pair_ms(
         &self,
         warmup: usize,
@@ -1010,11 +1049,20 @@ impl Gpu {
         // another. Tuning with other traffic between launches (a 2xL2 memset,
         // or cuBLAS) picked plans that were faster in that setting but made
         // the decoder's linear layers 2-7 % slower at batch 8-16
-        // (BENCHMARKS.md, optimisation log v16).
+        // (BENCHMARKS.md, optimisation log v16). Queued, as a model enqueues
+        // its layers ahead of the GPU: the GPU time of a launch, not the
+        // host's launch latency, which differs between plans (the Hopper
+        // kernel's two launches, the others' one) but hides behind the GPU
+        // in a model. ZS_TUNE_SYNCED=1: each launch from an idle GPU, as
+        // before session 5 (log v28).
+        let synced = std::env::var_os("ZS_TUNE_SYNCED").is_some();
         let time = |p: Plan, runs: usize| {
-            self.time_ms(3, runs, |i| {
-                self.gemm_fused(w[i % w.len()], x, y, n, Some(p))
-            })
+            let f = |i: usize| self.gemm_fused(w[i % w.len()], x, y, n, Some(p));
+            if synced {
+                self.time_ms(3, runs, f)
+            } else {
+                self.time_queued_ms(3, runs, f)
+            }
         };
         // Two rounds: every candidate briefly, then the best three again with
         // more runs, so that noise decides less often.
