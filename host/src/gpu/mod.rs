@@ -899,11 +899,7 @@ impl Gpu {
             f(i)?;
         }
         let evs = (0..=runs)
-            .map(|_| {
-                self.ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(gpu_err)
-            })
+            .map(|_| self.timing_event())
             .collect::<Result<Vec<_>>>()?;
         evs[0].record(&self.stream).map_err(gpu_err)?;
         for i in 0..runs {
@@ -911,7 +907,7 @@ impl Gpu {
             evs[i + 1].record(&self.stream).map_err(gpu_err)?;
         }
         evs[runs].synchronize().map_err(gpu_err)?;
-        let mut t = (0..runs)
+        let t = (0..runs)
             .map(|i| {
                 evs[i]
                     .elapsed_ms(&evs[i + 1])
@@ -919,8 +915,14 @@ impl Gpu {
                     .map_err(gpu_err)
             })
             .collect::<Result<Vec<_>>>()?;
-        t.sort_by(|x, y| x.total_cmp(y));
-        Ok(t[t.len() / 2])
+        Ok(median(t))
+    }
+
+    /// An event for timing (with timestamps).
+    fn timing_event(&self) -> Result<cudarc::driver::CudaEvent> {
+        self.ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(gpu_err)
     }
 
     pub fn time_pair_ms(
@@ -934,12 +936,11 @@ impl Gpu {
             f(i)?;
             g(i)?;
         }
-        let ev = || {
-            self.ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(gpu_err)
-        };
-        let (a, b, c) = (ev()?, ev()?, ev()?);
+        let (a, b, c) = (
+            self.timing_event()?,
+            self.timing_event()?,
+            self.timing_event()?,
+        );
         let (mut tf, mut tg) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
         for i in 0..runs {
             a.record(&self.stream).map_err(gpu_err)?;
@@ -951,10 +952,6 @@ impl Gpu {
             tf.push(a.elapsed_ms(&b).map_err(gpu_err)? as f64);
             tg.push(b.elapsed_ms(&c).map_err(gpu_err)? as f64);
         }
-        let median = |mut t: Vec<f64>| {
-            t.sort_by(|x, y| x.total_cmp(y));
-            t[t.len() / 2]
-        };
         Ok((median(tf), median(tg)))
     }
 
@@ -1134,6 +1131,12 @@ fn launch_config(
         attrs: attrs.as_mut_ptr(),
         numAttrs: attrs.len() as u32,
     }
+}
+
+/// The median of timings (the upper one of an even count).
+fn median(mut t: Vec<f64>) -> f64 {
+    t.sort_by(|x, y| x.total_cmp(y));
+    t[t.len() / 2]
 }
 
 /// Whether kernel family `rs` can sum its k splits in a cluster (sm_90).
