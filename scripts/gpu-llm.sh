@@ -9,7 +9,8 @@
 # smollm2: SmolLM2-135M GGUF -> BF16 -> compressed; greedy generation compared
 #          token for token (5 prompts x 32 tokens); a sample generation
 # e2e:     Llama-3.1-8B-shaped decode benchmark, compressed vs BF16
-# Leaves CSV/JSON results and logs.tgz in $OUT and prints a short table last.
+# Leaves CSV/JSON results and llm-logs.tgz in $OUT (not logs.tgz: gpu-run.sh in the same
+# call writes that) and prints a short table last.
 set -u
 MODE=${1:-all}
 shift || true
@@ -58,5 +59,5 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   timeout 420 $ZS bench-e2e --device cuda --csv "$OUT/e2e.csv" "$@" > "$W/e2e.log" 2>&1 || status=1
   cat "$W/e2e.log" | grep -v '^\s*$' | tail -25
 fi
-tar czf "$OUT/logs.tgz" -C "$W" --exclude='*.gguf' --exclude='smol-*' .
+tar czf "$OUT/llm-logs.tgz" -C "$W" --exclude='*.gguf' --exclude='smol-*' .
 exit $status
