@@ -262,6 +262,14 @@ pub(crate) fn f32_to_bf16(x: f32) -> u16 {
     d
 }
 
+/// Four FP32 values as four BF16 in one 8-byte store.
+#[inline(always)]
+unsafe fn st_bf16x4(p: *mut u16, v: [f32; 4]) {
+    let lo = f32_to_bf16(v[0]) as u32 | (f32_to_bf16(v[1]) as u32) << 16;
+    let hi = f32_to_bf16(v[2]) as u32 | (f32_to_bf16(v[3]) as u32) << 16;
+    asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo, in(reg32) hi, options(nostack));
+}
+
 /// One tile's compressed data as a lane holds it.
 #[derive(Clone, Copy)]
 pub(crate) struct TileRegs {
@@ -739,10 +747,7 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
                 continue;
             }
             if sk == 1 {
-                let lo = f32_to_bf16(v[0]) as u32 | (f32_to_bf16(v[1]) as u32) << 16;
-                let hi = f32_to_bf16(v[2]) as u32 | (f32_to_bf16(v[3]) as u32) << 16;
-                let p = y.add((col * m + row) as usize);
-                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo, in(reg32) hi, options(nostack));
+                st_bf16x4(y.add((col * m + row) as usize), v);
             } else {
                 red_add_f32x4(ws.add((col * m + row) as usize), v);
             }
@@ -784,9 +789,7 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
         for (b, vb) in v.iter().enumerate() {
             let c = c0 + 32 * b as u32;
             if c < total {
-                let lo = f32_to_bf16(vb[0]) as u32 | (f32_to_bf16(vb[1]) as u32) << 16;
-                let hi = f32_to_bf16(vb[2]) as u32 | (f32_to_bf16(vb[3]) as u32) << 16;
-                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) y.add(at(c)), in(reg32) lo, in(reg32) hi, options(nostack));
+                st_bf16x4(y.add(at(c)), *vb);
                 asm!("st.global.cg.v4.f32 [{0}], {{{1}, {1}, {1}, {1}}};", in(reg64) ws.add(at(c)), in(reg32) 0f32, options(nostack));
             }
         }
@@ -801,10 +804,6 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
 // Split-K inside a thread-block cluster (sm_90: the Hopper kernel and the
 // warp-independent kernel)
 // ---------------------------------------------------------------------------
-
-/// Largest thread-block cluster the host launches (portable size).
-#[cfg(zs_sm90)]
-const MAX_CLUSTER: usize = 8;
 
 /// (`%cluster_nctarank`, `%cluster_ctarank`, `%clusterid.x`): blocks in this
 /// block's cluster, its rank there, the cluster's index (1, 0 and the block
@@ -861,9 +860,10 @@ unsafe fn ld_cluster_v4(addr: u32) -> [f32; 4] {
 /// Split-K epilogue inside a cluster of `sk` blocks of `w` warps (one row
 /// group of `16 w` rows, one k split each): every block parks its FP32
 /// partial sums in its own shared memory at `part` (the Hopper kernel: over
-/// its stage ring; the warp-independent kernel: over its scratches), then block `rank` sums its share of the
-/// tile's 4-row runs over all `sk` blocks through distributed shared memory,
-/// in rank order (deterministic), and writes BF16. No workspace, no atomics,
+/// its stage ring; the warp-independent kernel: over its scratches), then
+/// block `rank` sums its share of the tile's 4-row runs over all `sk` blocks
+/// through distributed shared memory, in rank order (deterministic), and
+/// writes BF16. No workspace, no atomics,
 /// and no L2 round trips at the tail. (Storing the partials straight into the
 /// owners' shared memory instead took 8-14 more registers a thread for the
 /// whole kernel: ptxas computes the 64 remote addresses while the
@@ -912,7 +912,7 @@ pub(crate) unsafe fn finish_cluster<const NB: usize>(
     let step = nct * threads;
     let mut c0 = rank * threads + warp * 32 + lane;
     while c0 < total {
-        let mut v = [[[0f32; 4]; MAX_CLUSTER]; 2];
+        let mut v = [[[0f32; 4]; ZG_MAX_CLUSTER]; 2];
         for (b, vb) in v.iter_mut().enumerate().take(batch) {
             let c = c0 + b as u32 * step;
             let off = part + ((c / runs) * stride + 4 * (c % runs)) * 4;
@@ -933,11 +933,7 @@ pub(crate) unsafe fn finish_cluster<const NB: usize>(
                     }
                 }
                 let (col, r4) = (c / runs, c % runs);
-                let lo = f32_to_bf16(s[0]) as u32 | (f32_to_bf16(s[1]) as u32) << 16;
-                let hi = f32_to_bf16(s[2]) as u32 | (f32_to_bf16(s[3]) as u32) << 16;
-                let p = y.add((col * m + row0 + 4 * r4) as usize);
-                asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) p, in(reg32) lo,
-                    in(reg32) hi, options(nostack));
+                st_bf16x4(y.add((col * m + row0 + 4 * r4) as usize), s);
             }
         }
         c0 += batch as u32 * step;

@@ -195,17 +195,21 @@ pub const fn zipgemm_smem_bytes_w(warps: usize, rs: usize, nb: usize, stages: us
     warps * ZG_SCRATCH + stages * (nb * 1024 + warps * rs * DT_RECORD_BYTES)
 }
 
-/// Floats between two columns of a Hopper block's FP32 partial-sum tile in
-/// shared memory (cluster split-K): the block's `16 warps` rows plus 4, so
+/// Largest thread-block cluster (a portable size) the host launches for a
+/// split-K summed on chip, so the most partial sums a block adds.
+pub const ZG_MAX_CLUSTER: usize = 8;
+
+/// Floats between two columns of a block's FP32 partial-sum tile in shared
+/// memory (cluster split-K): the block's `16 warps` rows plus 4, so
 /// the accumulator stores of a warp (8 rows x 4 column pairs) fall on 32
 /// different banks.
 pub const fn cluster_col_stride(warps: usize) -> usize {
     16 * warps + 4
 }
 
-/// Bytes of a Hopper block's FP32 partial-sum tile (`8 nb` columns) in the
-/// cluster split-K; it reuses the block's stage ring ([`hopper_smem_bytes`]
-/// takes the larger).
+/// Bytes of a block's FP32 partial-sum tile (`8 nb` columns) in the cluster
+/// split-K; it reuses a Hopper block's stage ring ([`hopper_smem_bytes`]
+/// takes the larger) or a warp-independent block's scratches.
 pub const fn cluster_partial_bytes(warps: usize, nb: usize) -> usize {
     8 * nb * cluster_col_stride(warps) * 4
 }

@@ -166,7 +166,7 @@ pub struct GpuMatrix {
 }
 
 /// Split-K choice for the fused kernel: `sk` k-splits of `tps` tiles each.
-/// With `cluster` (Hopper kernel, 2 <= sk <= [`MAX_CLUSTER`]) the `sk` blocks
+/// With `cluster` (see [`cluster_split_ok`]) the `sk` blocks
 /// of a row group run as one thread-block cluster and sum their partials
 /// through distributed shared memory; else through an FP32 workspace in L2
 /// (atomic reductions, the last block converts).
@@ -178,7 +178,7 @@ pub struct Split {
 }
 
 /// Largest (portable) thread-block cluster, so the largest clustered split.
-pub const MAX_CLUSTER: u32 = 8;
+pub const MAX_CLUSTER: u32 = zipserv_kernels::geometry::ZG_MAX_CLUSTER as u32;
 
 impl Split {
     /// The same split summed on chip (see [`Split::cluster`]).
@@ -673,7 +673,7 @@ impl Gpu {
             )));
         }
         let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
-        if sp.cluster && (!clusterable(rs) || sp.sk < 2 || sp.sk > MAX_CLUSTER || self.sm < 90) {
+        if sp.cluster && (!cluster_split_ok(rs, sp.sk) || self.sm < 90) {
             return Err(Error::invalid(format!(
                 "plan {}: a clustered split needs compute capability 9.0, the Hopper or the \
                  warp-independent kernel and 2..={MAX_CLUSTER} splits",
@@ -881,9 +881,6 @@ impl Gpu {
         Ok(self.time_pair_ms(warmup, runs, |_| Ok(()), f)?.1)
     }
 
-    /// Time `f` and `g` alternately (f, g, f, g, ...), each launch between its
-    /// own pair of CUDA events: medians over `runs` runs each (milliseconds),
-    /// after `warmup` untimed rounds. Both see the same clocks and neighbours.
     /// Median GPU time of one call of `f` with the calls queued back to back
     /// (no host synchronisation between them, an event between every two
     /// calls): what a serving loop that enqueues ahead of the GPU sees. The
@@ -925,6 +922,9 @@ impl Gpu {
             .map_err(gpu_err)
     }
 
+    /// Time `f` and `g` alternately (f, g, f, g, ...), each launch between its
+    /// own pair of CUDA events: medians over `runs` runs each (milliseconds),
+    /// after `warmup` untimed rounds. Both see the same clocks and neighbours.
     pub fn time_pair_ms(
         &self,
         warmup: usize,
@@ -1013,7 +1013,7 @@ impl Gpu {
                         sks_all
                             .iter()
                             .copied()
-                            .filter(|&k| (2..=MAX_CLUSTER).contains(&k))
+                            .filter(|&k| cluster_split_ok(rs, k))
                             .collect()
                     };
                     for sk in sizes.into_iter().filter(|&k| k <= kt) {
@@ -1093,17 +1093,20 @@ impl Gpu {
 /// Launch attributes: programmatic stream serialisation (`dependent`), and a
 /// cluster dimension when `cluster` > 1.
 fn launch_attrs(dependent: bool, cluster: u32) -> Vec<cudarc::driver::sys::CUlaunchAttribute> {
-    use cudarc::driver::sys;
+    use cudarc::driver::sys::{CUlaunchAttribute, CUlaunchAttributeID as Id};
+    let with_id = |id| {
+        let mut a: CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        a.id = id;
+        a
+    };
     let mut attrs = Vec::new();
     if dependent {
-        let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        let mut a = with_id(Id::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION);
         a.value.programmaticStreamSerializationAllowed = 1;
         attrs.push(a);
     }
     if cluster > 1 {
-        let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        let mut a = with_id(Id::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION);
         a.value.clusterDim.x = cluster;
         a.value.clusterDim.y = 1;
         a.value.clusterDim.z = 1;
@@ -1142,6 +1145,12 @@ fn median(mut t: Vec<f64>) -> f64 {
 /// Whether kernel family `rs` can sum its k splits in a cluster (sm_90).
 pub fn clusterable(rs: usize) -> bool {
     rs == HOPPER || rs == 0
+}
+
+/// Whether `sk` splits of family `rs` can be summed in one cluster: the Hopper
+/// or the warp-independent kernel, 2 to [`MAX_CLUSTER`] blocks.
+pub fn cluster_split_ok(rs: usize, sk: u32) -> bool {
+    clusterable(rs) && (2..=MAX_CLUSTER).contains(&sk)
 }
 
 /// Dynamic shared memory of a launch of `plan`: the variant's, and for a

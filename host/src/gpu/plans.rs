@@ -1,7 +1,7 @@
 //! The tuner's choices saved across processes: a JSON file per card of the
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
-use super::{clusterable, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, MAX_CLUSTER};
+use super::{cluster_split_ok, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, MAX_CLUSTER};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -61,10 +61,11 @@ impl PlanEntry {
         {
             return bad("the split does not cover the k tiles exactly");
         }
-        if self.cluster && (!clusterable(rs) || self.sk < 2 || self.sk > MAX_CLUSTER) {
-            return bad(
-                "a clustered split needs the Hopper or warp-independent kernel and 2..=8 splits",
-            );
+        if self.cluster && !cluster_split_ok(rs, self.sk) {
+            return bad(&format!(
+                "a clustered split needs the Hopper or warp-independent kernel and \
+                 2..={MAX_CLUSTER} splits"
+            ));
         }
         Ok(())
     }
