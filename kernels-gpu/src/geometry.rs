@@ -214,9 +214,13 @@ pub const fn cluster_partial_bytes(warps: usize, nb: usize) -> usize {
     8 * nb * cluster_col_stride(warps) * 4
 }
 
+/// Shared-memory bytes at the start of a Hopper ZipGEMM block for the
+/// mbarriers of its bulk copies (8 bytes each, one an image stage).
+pub const ZG_MBAR_BYTES: usize = 64;
+
 /// Dynamic shared memory of a Hopper ZipGEMM block of `warps` warps: the
-/// exception scratches, `image_stages` activation-image tiles and `stages`
-/// stages of the warps' records (one ring when the counts are equal, two
+/// bulk copies' mbarriers, the exception scratches, `image_stages`
+/// activation-image tiles and `stages` stages of the warps' records (one ring when the counts are equal, two
 /// otherwise: the same bytes per stage), and at least the cluster split-K's
 /// partial-sum tile over them.
 pub const fn hopper_smem_bytes(
@@ -227,5 +231,5 @@ pub const fn hopper_smem_bytes(
 ) -> usize {
     let ring = image_stages * nb * 1024 + stages * warps * DT_RECORD_BYTES;
     let partial = cluster_partial_bytes(warps, nb);
-    warps * ZG_SCRATCH + if ring > partial { ring } else { partial }
+    ZG_MBAR_BYTES + warps * ZG_SCRATCH + if ring > partial { ring } else { partial }
 }

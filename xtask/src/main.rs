@@ -21,7 +21,7 @@ const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
 /// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
 /// give 4 blocks, 80 give 3, 128 give 2).
-const MAXNREG: [(&str, u32); 12] = [
+const MAXNREG: [(&str, u32); 14] = [
     // 512 threads: two blocks a multiprocessor.
     ("zs_attention", 64),
     ("zs_gemm_r0_nb1", 80),
@@ -32,12 +32,14 @@ const MAXNREG: [(&str, u32); 12] = [
     ("zs_gemm_r1_nb8", 128),
     // Two blocks a multiprocessor (the 3-stage ring leaves room for them).
     ("zs_gemm_r3_nb16_s3", 128),
+    ("zs_gemm_r3_nb16_s3b", 128),
     // 512 threads a block: at most 128 registers, or the block cannot launch.
     ("zs_gemm_r3_nb8_w16", 128),
     ("zs_gemm_r3_nb16_w16", 128),
     ("zs_gemm_r3_nb16_w16s3", 128),
     // Three blocks a multiprocessor.
     ("zs_gemm_r3_nb8_s3c80", 80),
+    ("zs_gemm_r3_nb8_s3c80b", 80),
 ];
 
 /// Insert `.maxnreg` after the parameter list of each capped kernel.

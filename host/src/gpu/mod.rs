@@ -28,7 +28,7 @@ pub const WARPS: u32 = zipserv_kernels::geometry::ZG_WARPS as u32;
 /// of their own (the records keep `stages`); the last field is the block size in warps (the
 /// warp-independent kernel takes any; the others need 8). Must agree with
 /// `gemm_kernels!` in `kernels-gpu/src/device.rs` and `hopper.rs`.
-pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 35] = [
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 41] = [
     (0, 1, 0, "", 8),
     (0, 1, 0, "_d1", 8),
     (0, 1, 0, "_d1c64", 8),
@@ -64,6 +64,14 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 35] = [
     (3, 16, 3, "_w4s3i2", 4),
     (3, 8, 3, "_w4s3i2", 4),
     (3, 16, 4, "_w4s4i2", 4),
+    // The image by bulk copy (`b`, no proxy fence): the tuner's usual
+    // choices at N = 33-128, built both ways.
+    (3, 8, 3, "_s3c80b", 8),
+    (3, 8, 3, "_w4s3b", 4),
+    (3, 8, 3, "_w4s3i2b", 4),
+    (3, 16, 3, "_s3b", 8),
+    (3, 16, 3, "_w4s3b", 4),
+    (3, 16, 3, "_w4s3i2b", 4),
 ];
 /// The kernel families, as the first field of [`GEMM_VARIANTS`] names them.
 pub const FAMILIES: [usize; 4] = [0, 1, 2, 3];
@@ -106,7 +114,7 @@ fn block_groups(m: usize, variant: usize) -> u32 {
 pub fn gemm_smem((rs, nb, st, cap, wpb): (usize, usize, usize, &str, u32)) -> usize {
     use zipserv_kernels::geometry::{hopper_smem_bytes, zipgemm_smem_bytes_w};
     if rs == HOPPER {
-        let image_stages = if cap.ends_with("i2") { 2 } else { st };
+        let image_stages = if cap.contains("i2") { 2 } else { st };
         hopper_smem_bytes(wpb as usize, nb, st, image_stages)
     } else {
         zipgemm_smem_bytes_w(wpb as usize, rs, nb, st)
