@@ -220,9 +220,9 @@ pub const ZG_MBAR_BYTES: usize = 64;
 
 /// Dynamic shared memory of a Hopper ZipGEMM block of `warps` warps: the
 /// bulk copies' mbarriers, the exception scratches, `image_stages`
-/// activation-image tiles and `stages` stages of the warps' records (one ring when the counts are equal, two
-/// otherwise: the same bytes per stage), and at least the cluster split-K's
-/// partial-sum tile over them.
+/// activation-image tiles and `stages` stages of the warps' records (one ring
+/// when the counts are equal, two otherwise: the same bytes per stage), and at
+/// least the cluster split-K's partial-sum tile over them.
 pub const fn hopper_smem_bytes(
     warps: usize,
     nb: usize,

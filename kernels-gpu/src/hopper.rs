@@ -17,8 +17,8 @@
 //! `g`): byte offset `((slice * 2 + c) * NB + g) * 128 + (row % 8) * 16`.
 //! In wgmma's terms: leading-dimension byte offset (next 8 k) `NB * 128`,
 //! stride-dimension byte offset (next 8 rows) 128, no swizzle. The GEMM then
-//! copies an image tile into shared memory with one bulk copy (the TMA engine,
-//! completing on an mbarrier).
+//! copies an image tile into shared memory with contiguous 16-byte `cp.async`,
+//! or (the `b` builds) with one bulk copy completing on an mbarrier.
 //! (Permuting inside the GEMM instead, by 4-byte `cp.async` or by loads and
 //! 4-byte shared stores, measured 1.2-1.5x slower at N = 64-128 on the H100.)
 use crate::device::*;
@@ -184,8 +184,8 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
 /// `BULK`, by one bulk copy a tile through the async proxy that `wgmma` reads,
 /// with no fence: the fence waits for every `cp.async` of the thread in
 /// flight, the later tiles' too, so the first way keeps less copy lookahead
-/// (on the H200, with 43 % more bandwidth to cover, `BULK` is 5-15 % faster
-/// at N = 32-128; on the H100 within a few per cent either way).
+/// (on the H200, with 43 % more bandwidth to cover, `BULK` takes 5-11 % less
+/// GPU time at N = 32-128; on the H100 1-3 % more: both are built).
 /// Each warp decodes its record half by
 /// half into A registers and its warpgroup issues two `wgmma` (one per k16
 /// slice) per half. A warpgroup keeps one half's wgmmas in flight while it
@@ -282,6 +282,9 @@ unsafe fn wg_segment<
     let first_strip = cg * W + warp;
     // Whole warpgroups only (m is a multiple of 64): wgmma is collective.
     let active = cg * W + (warp / 4) * 4 < strips;
+    // BULK: the mbarriers are initialised before the barrier below. (The
+    // other builds keep that barrier from v12's stream-K schedule, one a
+    // block.)
     if BULK && tid == 0 {
         for s in 0..SI as u32 {
             mbar_init(mbar(s), 1);
