@@ -548,8 +548,8 @@ gemm_kernels!(
     zs_gemm_r3_nb16_w4s4i2 = gemm_wg::<16, 4, 2, 4, false>,
 );
 // The same blocks with the image staged by bulk copies, no proxy fence
-// (`b`; see `gemm_wg`): on the H200 5-15 % faster at N = 32-128, on the
-// H100 within a few per cent either way, so the tuner picks per card.
+// (`b`; see `gemm_wg`): on the H200 5-11 % less GPU time at N = 32-128, on
+// the H100 1-3 % more, so both are built and the tuner picks per card.
 gemm_kernels!(
     zs_gemm_r3_nb8_s3c80b = gemm_wg::<8, 3, 3, 8, true>,
     zs_gemm_r3_nb8_w4s3b = gemm_wg::<8, 3, 3, 4, true>,
