@@ -437,7 +437,7 @@ unsafe fn wg_segment<
                     // wait after each one) if a non-wgmma instruction defines a
                     // wgmma input while any group is pending, and rewriting A
                     // registers an in-flight wgmma reads is undefined anyway.
-                    let h = high_bytes(
+                    let h = high_bytes::<false>(
                         &cur,
                         half,
                         tab,
