@@ -371,13 +371,18 @@ pub(crate) unsafe fn high_bytes<const SF: bool>(
         }
     }
     syncwarp();
+    let back = lds_v4(mine);
     if !SF {
-        return lds_v4(mine);
+        return back;
     }
-    let d = lds_v4(mine);
     sts_v4(mine, [0; 4]);
     syncwarp();
-    [h[0] ^ d[0], h[1] ^ d[1], h[2] ^ d[2], h[3] ^ d[3]]
+    [
+        h[0] ^ back[0],
+        h[1] ^ back[1],
+        h[2] ^ back[2],
+        h[3] ^ back[3],
+    ]
 }
 
 /// Zero this lane's 16 bytes of the warp's exception scratch (the state
