@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A/B/C... timing of several kernel builds on one GPU machine:
-#   scripts/abn.sh NAME=PTX [NAME=PTX ...] -- [bench args...]
-# runs `zipserv bench` with the embedded kernels ("base") and with
-# ZIPSERV_PTX=PTX for each NAME, alternating builds, $ROUNDS rounds (default
-# 2), and prints each point's median queued and back-to-back time per build
-# last. No GPU tests: for experiments whose builds are not meant to be right
-# (ceilings: a piece of work left out). CSVs go to $OUT (or ./gpu-out).
+#   scripts/abn.sh NAME=PTX [NAME=env:VAR=VALUE ...] -- [bench args...]
+# runs `zipserv bench` with the embedded kernels ("base") and, for each NAME,
+# with ZIPSERV_PTX=PTX (or the embedded kernels with VAR=VALUE set, e.g. a
+# switch that turns a feature off), alternating builds, $ROUNDS rounds
+# (default 2), and prints each point's median queued and back-to-back time
+# per build last. No GPU tests (scripts/ab.sh runs them first): this way
+# also times builds not meant to be right (ceilings: a piece of work left
+# out). CSVs go to $OUT (or ./gpu-out), as runs.tgz.
 set -u
 declare -a NAMES=(base) PTXS=("")
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
@@ -15,19 +17,20 @@ done
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-bash scripts/unpack-dist.sh
+[ -n "${ZS_DIST_UNPACKED:-}" ] || bash scripts/unpack-dist.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.total --format=csv,noheader
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for i in "${!NAMES[@]}"; do
     d="$OUT/${NAMES[$i]}$round"; mkdir -p "$d"
-    unset ZIPSERV_PTX
-    [ -n "${PTXS[$i]}" ] && export ZIPSERV_PTX=${PTXS[$i]}
     s=$(date +%s)
-    dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1
+    case ${PTXS[$i]} in
+      "") dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
+      env:*) env "${PTXS[$i]#env:}" dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
+      *) ZIPSERV_PTX=${PTXS[$i]} dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
+    esac
     echo "bench ${NAMES[$i]} round $round: rc=$? $(( $(date +%s) - s )) s"
   done
 done
-unset ZIPSERV_PTX
 python3 - "$OUT" "${NAMES[@]}" <<'PY'
 import csv, sys, os, statistics, glob
 out, names = sys.argv[1], sys.argv[2:]
