@@ -18,6 +18,33 @@ pub const WARPS: u32 = ZG_WARPS as u32;
 // exception patch, then (ZipGEMM) the warp's ring of staged tile records.
 global_asm!(".extern .shared .align 16 .b8 zs_dyn[];");
 
+/// Programmatic dependent launch (sm_90): let the kernel launched after this
+/// one on the stream, if it was launched as a programmatic dependent, start
+/// now (its blocks run what does not depend on this kernel's output, then
+/// [`grid_dependency_wait`]). Every block runs it first, so all of this
+/// kernel's blocks are resident before a dependent takes any room. A no-op
+/// before sm_90 and where nothing was launched as a dependent.
+#[inline(always)]
+pub(crate) fn grid_launch_dependents() {
+    #[cfg(zs_sm90)]
+    unsafe {
+        asm!("griddepcontrol.launch_dependents;", options(nostack))
+    };
+}
+
+/// Wait until the grids this one depends on (the kernel launched before it on
+/// the stream, when this one was launched as a programmatic dependent) have
+/// completed and their writes are visible; a no-op otherwise (and before
+/// sm_90). Everything that reads what an earlier kernel wrote, or writes what
+/// it may read, comes after it.
+#[inline(always)]
+pub(crate) fn grid_dependency_wait() {
+    #[cfg(zs_sm90)]
+    unsafe {
+        asm!("griddepcontrol.wait;", options(nostack))
+    };
+}
+
 #[inline(always)]
 pub(crate) fn smem_base() -> u32 {
     let base: u32;
@@ -598,6 +625,11 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(a: GemmArgs) {
         sk,
         tps,
     } = a;
+    // Launched as a programmatic dependent of the kernel before it, this
+    // block waits at once: its first copies take the activations with the
+    // records.
+    grid_launch_dependents();
+    grid_dependency_wait();
     let (lane, warp) = lane_warp();
     let tid = warp * 32 + lane;
     let base = smem_base();
@@ -1009,6 +1041,7 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
         sk,
         tps,
     } = a;
+    grid_launch_dependents();
     let (lane, warp) = lane_warp();
     let scratch = smem_base() + warp * ZG_SCRATCH as u32;
     clear_scratch(scratch, lane);
@@ -1066,6 +1099,11 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
             nbd = load_exc_bounds(exc_off, tile0 + t0 + 1);
         }
         let mut ce = load_exc_first(exc, cb, lane);
+        // The records and exception lists above depend on no earlier kernel;
+        // the activations (and the sums this warp writes) do. Launched as a
+        // programmatic dependent, the warp got here while the kernel before
+        // it still ran.
+        grid_dependency_wait();
         let mut bnext = if PB { act(t0, 0) } else { [[0u32; 4]; NB] };
         let mut t = t0;
         loop {
@@ -1103,6 +1141,8 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
             nxt = far;
             nbd = farb;
         }
+    } else {
+        grid_dependency_wait();
     }
     #[cfg(zs_sm90)]
     if clustered {

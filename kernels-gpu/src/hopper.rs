@@ -63,14 +63,6 @@ unsafe fn pin_f(v: &mut f32) {
     asm!("/* pin {0} */", inout(reg32) * v, options(nostack));
 }
 
-/// Wait until the grids this one depends on (launched before it on the
-/// stream) have completed and their writes are visible: `zs_act_image`, when
-/// the GEMM is launched as a programmatic dependent of it; a no-op otherwise.
-#[inline(always)]
-unsafe fn grid_dependency_wait() {
-    asm!("griddepcontrol.wait;", options(nostack));
-}
-
 /// Initialise the mbarrier at `addr` for `count` arrivals a phase (one
 /// thread, before a block barrier).
 #[inline(always)]
@@ -151,8 +143,11 @@ pub unsafe extern "gpu-kernel" fn zs_act_image(
 ) {
     // The GEMM launched after this kernel as its programmatic dependent may
     // start now (its blocks wait for this grid's completion before they read
-    // the image: `griddepcontrol.wait`).
-    asm!("griddepcontrol.launch_dependents;", options(nostack));
+    // the image: `griddepcontrol.wait`). Launched as a programmatic dependent
+    // itself (of the kernel that wrote `x`), this one waits for that kernel
+    // before reading `x`.
+    grid_launch_dependents();
+    grid_dependency_wait();
     let i = _block_idx_x() as u32 * _block_dim_x() as u32 + _thread_idx_x() as u32;
     let rows = 8 * nb;
     if i >= (k / 64) * 2 * rows * 4 {
@@ -202,6 +197,9 @@ unsafe fn gemm_wg<
 >(
     a: GemmArgs,
 ) {
+    // The kernel after this one may start its own prologue now (see
+    // `grid_launch_dependents`); this one's first wait is in `wg_segment`.
+    grid_launch_dependents();
     let cta_groups = (a.m / 16).div_ceil(W);
     let b = _block_idx_x() as u32;
     // Launched in clusters of `sk` blocks (one row group's k splits), the

@@ -18,7 +18,7 @@
 //! KV caches `[batch][nkv][lmax][d]`; RoPE tables `cos/sin[pos][d/2]` FP32;
 //! rows of a batch of `t_len` new tokens are `b * t_len + t`, token `t` of every
 //! sequence at position `pos0 + t`.
-use crate::device::{bar_sync, f32_to_bf16, smem_base};
+use crate::device::{bar_sync, f32_to_bf16, grid_launch_dependents, smem_base};
 use core::arch::asm;
 use core::arch::nvptx::*;
 
@@ -164,6 +164,8 @@ pub unsafe extern "gpu-kernel" fn zs_rmsnorm(
     cols: u32,
     eps: f32,
 ) {
+    // A fused GEMM launched after this op may start its weight prefetch.
+    grid_launch_dependents();
     let row = _block_idx_x() as usize * cols as usize;
     let add = !delta.is_null();
     let chunks = cols / 8;
@@ -235,6 +237,8 @@ unsafe fn rms_store(
 /// Shared memory: 256 bytes.
 #[no_mangle]
 pub unsafe extern "gpu-kernel" fn zs_argmax(x: *const u16, out: *mut u32, cols: u32) {
+    // A fused GEMM launched after this op may start its weight prefetch.
+    grid_launch_dependents();
     let row = x.add(_block_idx_x() as usize * cols as usize);
     let (mut best, mut bi) = (f32::NEG_INFINITY, u32::MAX);
     let mut c = tid();
@@ -298,6 +302,8 @@ pub unsafe extern "gpu-kernel" fn zs_rope_kv(
     d: u32,
     lmax: u32,
 ) {
+    // A fused GEMM launched after this op may start its weight prefetch.
+    grid_launch_dependents();
     let bt = _block_idx_x() as u32;
     let (b, p) = (bt / t_len, pos0 + bt % t_len);
     let half = d / 2;
@@ -371,6 +377,8 @@ pub unsafe extern "gpu-kernel" fn zs_attention(
     ws: *mut f32,
     chunk: u32,
 ) {
+    // A fused GEMM launched after this op may start its weight prefetch.
+    grid_launch_dependents();
     let (h, bt) = (_block_idx_x() as u32, _block_idx_y() as u32);
     let (c, chunks) = (_block_idx_z() as u32, _grid_dim_z() as u32);
     let (b, p) = (bt / t_len, pos0 + bt % t_len);
@@ -536,6 +544,8 @@ pub unsafe extern "gpu-kernel" fn zs_attn_combine(
     d: u32,
     chunks: u32,
 ) {
+    // A fused GEMM launched after this op may start its weight prefetch.
+    grid_launch_dependents();
     let (h, bt) = (_block_idx_x() as u32, _block_idx_y() as u32);
     let parts = ws.add(((bt * nh + h) * chunks * (d + 2)) as usize);
     let mut mx = f32::NEG_INFINITY;
@@ -580,6 +590,8 @@ pub unsafe extern "gpu-kernel" fn zs_silu_mul(
     rows: u32,
     inter: u32,
 ) {
+    // A fused GEMM launched after this op may start its weight prefetch.
+    grid_launch_dependents();
     let total = rows * inter;
     let stride = _grid_dim_x() as u32 * nthreads();
     let mut idx = _block_idx_x() as u32 * nthreads() + tid();

@@ -244,6 +244,12 @@ pub struct Gpu {
     /// Launch the Hopper GEMM as a programmatic dependent of the activation
     /// rewrite (sm_90a, the embedded kernels; `ZS_NO_PDL=1` turns it off).
     pdl: bool,
+    /// Launch every fused GEMM (and the activation rewrite) as a programmatic
+    /// dependent of whatever kernel comes before it on the stream: its blocks
+    /// start in that kernel's tail and prefetch their first records and
+    /// exception lists before they wait for it (compute capability 9.0 and
+    /// up, kernels that wait; `ZS_NO_CHAIN=1` or `ZS_NO_PDL=1` turns it off).
+    chain: bool,
     /// Kernel families whose splits the tuner may sum in a cluster (compute
     /// capability 9.0 and up: the Hopper and the warp-independent kernels).
     /// For A/B runs `ZS_NO_CLUSTER=1` turns it off, `ZS_NO_CLUSTER=0` (or
@@ -305,9 +311,14 @@ impl Gpu {
             None => embedded_ptx(sm)?.to_string(),
         };
         // What an experiment's PTX supports, read from its text: the Hopper
-        // GEMM waiting for the image (`griddepcontrol.wait`: PDL is safe) and
-        // reading its cluster (clustered splits). The embedded PTX has both.
-        let waits_for_image = ptx.contains("griddepcontrol.wait");
+        // GEMM waiting for the image (`griddepcontrol.wait`: PDL is safe);
+        // the warp-independent GEMM and, on sm_90a, the image rewrite waiting
+        // for the kernel before them (chained launches are safe); reading
+        // their cluster (clustered splits). The embedded PTX has all three.
+        let waits =
+            |name: &str| entry_text(&ptx, name).is_some_and(|t| t.contains("griddepcontrol.wait"));
+        let waits_for_image = waits("zs_gemm_r3_nb4");
+        let chain_safe = waits("zs_gemm_r0_nb1") && (sm != 90 || waits("zs_act_image"));
         let cluster_aware = ptx.contains("%cluster_nctarank");
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
@@ -351,6 +362,10 @@ impl Gpu {
             })
             .collect::<Result<Vec<_>>>()?;
         let pdl = hopper && waits_for_image && std::env::var_os("ZS_NO_PDL").is_none();
+        let chain = sm >= 90
+            && chain_safe
+            && std::env::var_os("ZS_NO_PDL").is_none()
+            && std::env::var_os("ZS_NO_CHAIN").is_none();
         let no_cluster = std::env::var("ZS_NO_CLUSTER").ok();
         let clusters = [0, 1, 2, 3].map(|rs| {
             sm >= 90
@@ -395,6 +410,7 @@ impl Gpu {
             gemm_fns,
             image_fn,
             pdl,
+            chain,
             clusters,
             llm,
             blas,
@@ -739,7 +755,8 @@ impl Gpu {
         // The Hopper kernel: a programmatic dependent of `zs_act_image`
         // (launched just before on this stream); its blocks start while the
         // image is written, request their first records, then wait for it.
-        let dependent = rs == HOPPER && self.pdl;
+        // The others: of whatever kernel came before (`chain`).
+        let dependent = if rs == HOPPER { self.pdl } else { self.chain };
         let cluster = if sp.cluster { sp.sk } else { 1 };
         unsafe { self.launch_raw(f, cfg, &mut args, dependent, cluster) }
     }
@@ -816,16 +833,21 @@ impl Gpu {
         };
         let threads = ((k / 64) * 2 * 8 * nb * 4) as u32;
         let (nn, kk, nbb) = (n as u32, k as u32, nb as u32);
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&x).arg(&img).arg(&nn).arg(&kk).arg(&nbb);
-        unsafe {
-            b.launch(LaunchConfig {
-                grid_dim: (threads.div_ceil(256), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(gpu_err)?;
+        let cfg = LaunchConfig {
+            grid_dim: (threads.div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut args: [*mut std::ffi::c_void; 5] = [
+            &x as *const u64 as *mut _,
+            &img as *const u64 as *mut _,
+            &nn as *const u32 as *mut _,
+            &kk as *const u32 as *mut _,
+            &nbb as *const u32 as *mut _,
+        ];
+        // A programmatic dependent of the kernel before it (`chain`): it
+        // waits for that kernel before reading `x`.
+        unsafe { self.launch_raw(f, cfg, &mut args, self.chain, 1)? };
         Ok(img)
     }
 
@@ -906,6 +928,19 @@ impl Gpu {
         let evs = (0..=runs)
             .map(|_| self.timing_event())
             .collect::<Result<Vec<_>>>()?;
+        // ZS_QUEUED_SPAN=1 (experiments): one event pair around all the
+        // runs, their mean returned, so that nothing stands between two calls
+        // on the stream (chained launches overlap consecutive calls).
+        if std::env::var_os("ZS_QUEUED_SPAN").is_some() {
+            evs[0].record(&self.stream).map_err(gpu_err)?;
+            for i in 0..runs {
+                f(warmup + i)?;
+            }
+            evs[runs].record(&self.stream).map_err(gpu_err)?;
+            evs[runs].synchronize().map_err(gpu_err)?;
+            let ms = evs[0].elapsed_ms(&evs[runs]).map_err(gpu_err)? as f64;
+            return Ok(ms / runs as f64);
+        }
         evs[0].record(&self.stream).map_err(gpu_err)?;
         for i in 0..runs {
             f(warmup + i)?;
@@ -1096,6 +1131,13 @@ impl Gpu {
             .insert((m, k, n.div_ceil(8)), best);
         Ok(best)
     }
+}
+
+/// The PTX text of kernel `name` (from its `.entry` line to the next one).
+fn entry_text<'a>(ptx: &'a str, name: &str) -> Option<&'a str> {
+    let start = ptx.find(&format!(".entry {name}("))?;
+    let rest = &ptx[start + 1..];
+    Some(&ptx[start..start + 1 + rest.find(".entry ").unwrap_or(rest.len())])
 }
 
 /// Launch attributes: programmatic stream serialisation (`dependent`), and a
@@ -1304,7 +1346,33 @@ impl ZipLinear {
 
 #[cfg(test)]
 mod tests {
-    use super::crossover_from;
+    use super::{crossover_from, entry_text};
+
+    #[test]
+    fn entry_text_is_one_kernel() {
+        let ptx =
+            ".visible .entry zs_a(\n{ griddepcontrol.wait; }\n.visible .entry zs_a_b(\n{ ret; }\n";
+        assert!(entry_text(ptx, "zs_a")
+            .unwrap()
+            .contains("griddepcontrol.wait"));
+        assert!(!entry_text(ptx, "zs_a_b")
+            .unwrap()
+            .contains("griddepcontrol"));
+        assert!(entry_text(ptx, "zs_c").is_none());
+        // The embedded kernels wait where the chained launches need it.
+        if let Ok(ptx) = super::embedded_ptx(90) {
+            for k in [
+                "zs_gemm_r0_nb1",
+                "zs_gemm_r0_nb4_d1",
+                "zs_gemm_r1_nb1",
+                "zs_gemm_r3_nb4",
+                "zs_act_image",
+            ] {
+                let t = entry_text(ptx, k).unwrap_or_else(|| panic!("{k} missing"));
+                assert!(t.contains("griddepcontrol.wait"), "{k}");
+            }
+        }
+    }
 
     #[test]
     fn crossover_stops_at_the_first_loss() {
