@@ -737,20 +737,20 @@ impl Gpu {
         };
         let (t0, t1) = w.table;
         let mut args: [*mut std::ffi::c_void; 14] = [
-            &rec as *const u64 as *mut _,
-            &eo as *const u64 as *mut _,
-            &ex as *const u64 as *mut _,
-            &t0 as *const u32 as *mut _,
-            &t1 as *const u32 as *mut _,
-            &x as *const u64 as *mut _,
-            &y as *const u64 as *mut _,
-            &ws as *const u64 as *mut _,
-            &ctr as *const u64 as *mut _,
-            &mm as *const u32 as *mut _,
-            &nn as *const u32 as *mut _,
-            &kk as *const u32 as *mut _,
-            &sp.sk as *const u32 as *mut _,
-            &sp.tps as *const u32 as *mut _,
+            arg(&rec),
+            arg(&eo),
+            arg(&ex),
+            arg(&t0),
+            arg(&t1),
+            arg(&x),
+            arg(&y),
+            arg(&ws),
+            arg(&ctr),
+            arg(&mm),
+            arg(&nn),
+            arg(&kk),
+            arg(&sp.sk),
+            arg(&sp.tps),
         ];
         // The Hopper kernel: a programmatic dependent of `zs_act_image`
         // (launched just before on this stream); its blocks start while the
@@ -838,13 +838,8 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut args: [*mut std::ffi::c_void; 5] = [
-            &x as *const u64 as *mut _,
-            &img as *const u64 as *mut _,
-            &nn as *const u32 as *mut _,
-            &kk as *const u32 as *mut _,
-            &nbb as *const u32 as *mut _,
-        ];
+        let mut args: [*mut std::ffi::c_void; 5] =
+            [arg(&x), arg(&img), arg(&nn), arg(&kk), arg(&nbb)];
         // A programmatic dependent of the kernel before it (`chain`): it
         // waits for that kernel before reading `x`.
         unsafe { self.launch_raw(f, cfg, &mut args, self.chain, 1)? };
@@ -1131,6 +1126,12 @@ impl Gpu {
             .insert((m, k, n.div_ceil(8)), best);
         Ok(best)
     }
+}
+
+/// A kernel parameter for `cuLaunchKernelEx`: a pointer to its value (which
+/// must outlive the launch call).
+fn arg<T>(v: &T) -> *mut std::ffi::c_void {
+    v as *const T as *mut std::ffi::c_void
 }
 
 /// The PTX text of kernel `name` (from its `.entry` line to the next one).
