@@ -4,8 +4,8 @@
 # runs `zipserv bench` with the embedded kernels ("base") and, for each NAME,
 # with ZIPSERV_PTX=PTX (or the embedded kernels with VAR=VALUE set, e.g. a
 # switch that turns a feature off), alternating builds, $ROUNDS rounds
-# (default 2), and prints each point's median queued and back-to-back time
-# per build last. No GPU tests (scripts/ab.sh runs them first): this way
+# (default 2), and prints each point's median queued (COL=span: span-timed)
+# and back-to-back time per build last. No GPU tests (scripts/ab.sh runs them first): this way
 # also times builds not meant to be right (ceilings: a piece of work left
 # out). CSVs go to $OUT (or ./gpu-out), as runs.tgz.
 set -u
@@ -31,9 +31,9 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
     echo "bench ${NAMES[$i]} round $round: rc=$? $(( $(date +%s) - s )) s"
   done
 done
-python3 - "$OUT" "${NAMES[@]}" <<'PY'
+python3 - "$OUT" "${COL:-queued}" "${NAMES[@]}" <<'PY'
 import csv, sys, os, statistics, glob
-out, names = sys.argv[1], sys.argv[2:]
+out, col, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 rows = {}
 for name in names:
     for p in glob.glob(os.path.join(out, name + "[0-9]*", "zipgemm-*.csv")):
@@ -41,20 +41,20 @@ for name in names:
             key = (int(r["N"]), r["layer"])
             rows.setdefault(key, {}).setdefault(name, []).append(r)
 med = lambda v: statistics.median(v) if v else float("nan")
-print("queued us (median of rounds) per build; ratio = build / base; back to back in brackets")
-print(f"{'layer':12} {'N':>4} " + " ".join(f"{n:>16}" for n in names) + "  cuBLAS q  plans")
+print(f"{col} us (median of rounds) per build; ratio = build / base; back to back in brackets")
+print(f"{'layer':12} {'N':>4} " + " ".join(f"{n:>16}" for n in names) + f"  cuBLAS {col[0]}  plans")
 gm = {n: [] for n in names}
 for (n, layer), b in sorted(rows.items()):
-    base = med([float(r["zipgemm_queued_us"]) for r in b.get("base", [])])
+    base = med([float(r[f"zipgemm_{col}_us"]) for r in b.get("base", [])])
     cells, plans = [], []
     for name in names:
         rs = b.get(name, [])
-        q = med([float(r["zipgemm_queued_us"]) for r in rs])
+        q = med([float(r[f"zipgemm_{col}_us"]) for r in rs])
         bb = med([float(r["zipgemm_us"]) for r in rs])
         cells.append(f"{q:7.1f} {q/base:4.2f}[{bb:4.0f}]")
         gm[name].append(q / base)
         plans.append(rs[-1]["plan"] if rs else "-")
-    cq = med([float(r["cublas_queued_us"]) for x in b.values() for r in x])
+    cq = med([float(r[f"cublas_{col}_us"]) for x in b.values() for r in x])
     print(f"{layer:12} {n:4} " + " ".join(cells) + f"  {cq:7.1f}  " + " | ".join(plans))
 import math
 print("geomean time ratio to base: " + ", ".join(

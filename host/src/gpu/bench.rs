@@ -517,8 +517,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             // interleaved (cuBLAS and the fused kernel alternate launch by
             // launch: each runs after the other's traffic, as layers do in a
             // model) and queued (back to back with no host synchronisation
-            // in between: GPU time only, as a model that enqueues ahead sees).
-            let (cub, fused, plan, inter, queued) = if n <= FUSED_MAX_N {
+            // in between: GPU time only, as a model that enqueues ahead sees;
+            // per-call events, and as spans of calls with nothing between
+            // them, where a chained launch overlaps the call before it).
+            let (cub, fused, plan, inter, queued, span) = if n <= FUSED_MAX_N {
                 // Tuned as the library tunes.
                 let sp = gpu.tune(&gm_refs, xp, yp, n)?;
                 let fz = |i: usize| gpu.gemm_fused(&gms[i % copies], xp, yp, n, Some(sp));
@@ -527,9 +529,19 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 let (ci, fi) = gpu.time_pair_ms(10, runs, cublas, fz)?;
                 let cq = gpu.time_queued_ms(10, runs, cublas)?;
                 let fq = gpu.time_queued_ms(10, runs, fz)?;
-                (c, Some(f), Some(sp), Some((ci, fi)), Some((cq, fq)))
+                let spans = (runs / 20).max(3);
+                let cs = gpu.time_span_ms(10, spans, 20, cublas)?;
+                let fs = gpu.time_span_ms(10, spans, 20, fz)?;
+                (
+                    c,
+                    Some(f),
+                    Some(sp),
+                    Some((ci, fi)),
+                    Some((cq, fq)),
+                    Some((cs, fs)),
+                )
             } else {
-                (gpu.time_ms(10, runs, cublas)?, None, None, None, None)
+                (gpu.time_ms(10, runs, cublas)?, None, None, None, None, None)
             };
             let dec = if n >= 64 {
                 Some(gpu.time_ms(5, runs.min(100), |i| {
@@ -538,15 +550,15 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             } else {
                 None
             };
-            per_n.push((n, cub, fused, dec, plan, inter, queued));
+            per_n.push((n, cub, fused, dec, plan, inter, queued, span));
         }
         // Crossover measured on this card.
         let points: Vec<_> = per_n
             .iter()
-            .map(|&(n, _, f, d, _, _, _)| (n, f, d))
+            .map(|&(n, _, f, d, _, _, _, _)| (n, f, d))
             .collect();
         lin.set_crossover(&points);
-        for (n, cub, fused, dec, plan, inter, queued) in per_n {
+        for (n, cub, fused, dec, plan, inter, queued, span) in per_n {
             let (zip, path) = if n <= lin.crossover {
                 (fused.unwrap(), "fused")
             } else {
@@ -571,9 +583,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 inter
                     .filter(|_| path == "fused")
                     .map(|(c, f)| (f * 1e3, c * 1e3)),
-                // The same, queued.
+                // The same, queued (per-call events), and in spans.
                 queued
                     .filter(|_| path == "fused")
+                    .map(|(c, f)| (f * 1e3, c * 1e3)),
+                span.filter(|_| path == "fused")
                     .map(|(c, f)| (f * 1e3, c * 1e3)),
             ));
             println!(
@@ -588,19 +602,20 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
     }
     // Summary table.
-    println!("\nlayer          M      K      N   zipserv_us  cublas_us  speedup   interleaved: zipserv_us cublas_us speedup   queued: zipserv_us cublas_us speedup");
-    // (log sum, count, min) back to back, interleaved and queued.
-    let mut stats = [(0.0, 0usize, f64::MAX); 3];
+    println!("\nlayer          M      K      N   zipserv_us  cublas_us  speedup   interleaved: zipserv_us cublas_us speedup   queued: zipserv_us cublas_us speedup   span: zipserv_us cublas_us speedup");
+    // (log sum, count, min) back to back, interleaved, queued and span.
+    let mut stats = [(0.0, 0usize, f64::MAX); 4];
     for r in &gemm_rows {
         let sp = r.5 / r.4;
         let alt = r.12.map(|(z, c)| (z, c, c / z));
         let q = r.13.map(|(z, c)| (z, c, c / z));
+        let sq = r.14.map(|(z, c)| (z, c, c / z));
         let cols = |a: Option<(f64, f64, f64)>| {
             a.map(|(z, c, s)| format!("{z:>11.1} {c:>9.1} {s:>7.3}"))
                 .unwrap_or_default()
         };
         println!(
-            "{:<12} {:>6} {:>6} {:>5} {:>11.1} {:>10.1} {:>8.3}   {}   {}",
+            "{:<12} {:>6} {:>6} {:>5} {:>11.1} {:>10.1} {:>8.3}   {}   {}   {}",
             r.0,
             r.1,
             r.2,
@@ -609,12 +624,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             r.5,
             sp,
             cols(alt),
-            cols(q)
+            cols(q),
+            cols(sq)
         );
         if [1, 8, 16, 32].contains(&r.3) {
-            for (st, v) in stats
-                .iter_mut()
-                .zip([Some(sp), alt.map(|a| a.2), q.map(|a| a.2)])
+            for (st, v) in
+                stats
+                    .iter_mut()
+                    .zip([Some(sp), alt.map(|a| a.2), q.map(|a| a.2), sq.map(|a| a.2)])
             {
                 if let Some(v) = v {
                     st.0 += v.ln();
@@ -624,7 +641,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             }
         }
     }
-    for (st, how) in stats.iter().zip(["back to back", "interleaved", "queued"]) {
+    for (st, how) in stats
+        .iter()
+        .zip(["back to back", "interleaved", "queued", "span"])
+    {
         if st.1 > 0 {
             println!(
                 "geometric-mean speedup over N in {{1,8,16,32}} ({how}): {:.3}x (min {:.3}x, {} points)",
@@ -638,12 +658,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         // Written whole and renamed into place: a run cut short leaves the
         // previous CSVs, never half of one.
         let mut f = Vec::new();
-        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,plan,zipgemm_tbps,cublas_tbps,speedup,zipgemm_interleaved_us,cublas_interleaved_us,speedup_interleaved,zipgemm_queued_us,cublas_queued_us,speedup_queued").unwrap();
+        writeln!(f, "layer,M,K,N,zipgemm_us,cublas_us,fused_us,decoupled_us,path,plan,zipgemm_tbps,cublas_tbps,speedup,zipgemm_interleaved_us,cublas_interleaved_us,speedup_interleaved,zipgemm_queued_us,cublas_queued_us,speedup_queued,zipgemm_span_us,cublas_span_us,speedup_span").unwrap();
         for r in &gemm_rows {
             let o = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
             writeln!(
                 f,
-                "{},{},{},{},{:.2},{:.2},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{}",
+                "{},{},{},{},{:.2},{:.2},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{}",
                 r.0,
                 r.1,
                 r.2,
@@ -664,6 +684,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 o(r.13.map(|a| a.0)),
                 o(r.13.map(|a| a.1)),
                 r.13.map(|(z, c)| format!("{:.4}", c / z))
+                    .unwrap_or_default(),
+                o(r.14.map(|a| a.0)),
+                o(r.14.map(|a| a.1)),
+                r.14.map(|(z, c)| format!("{:.4}", c / z))
                     .unwrap_or_default()
             )
             .unwrap();

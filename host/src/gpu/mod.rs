@@ -923,23 +923,12 @@ impl Gpu {
         let evs = (0..=runs)
             .map(|_| self.timing_event())
             .collect::<Result<Vec<_>>>()?;
-        // ZS_QUEUED_SPAN=1 (experiments): only the first and last events are
-        // recorded, and the runs' mean returned, so that nothing stands
-        // between two calls on the stream (chained launches overlap
-        // consecutive calls).
-        let span = std::env::var_os("ZS_QUEUED_SPAN").is_some();
         evs[0].record(&self.stream).map_err(gpu_err)?;
         for i in 0..runs {
             f(warmup + i)?;
-            if !span || i + 1 == runs {
-                evs[i + 1].record(&self.stream).map_err(gpu_err)?;
-            }
+            evs[i + 1].record(&self.stream).map_err(gpu_err)?;
         }
         evs[runs].synchronize().map_err(gpu_err)?;
-        if span {
-            let ms = evs[0].elapsed_ms(&evs[runs]).map_err(gpu_err)? as f64;
-            return Ok(ms / runs as f64);
-        }
         let t = (0..runs)
             .map(|i| {
                 evs[i]
@@ -948,6 +937,36 @@ impl Gpu {
                     .map_err(gpu_err)
             })
             .collect::<Result<Vec<_>>>()?;
+        Ok(median(t))
+    }
+
+    /// GPU time of one call of `f` in a span of `calls` calls queued back to
+    /// back with nothing between them (no event, no synchronisation: a chained
+    /// launch may overlap the call before it, as in a model), the span's mean
+    /// a call; median over `spans` spans, after `warmup` untimed calls.
+    pub fn time_span_ms(
+        &self,
+        warmup: usize,
+        spans: usize,
+        calls: usize,
+        mut f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<f64> {
+        for i in 0..warmup {
+            f(i)?;
+        }
+        let (a, b) = (self.timing_event()?, self.timing_event()?);
+        let mut t = Vec::with_capacity(spans);
+        let mut i = warmup;
+        for _ in 0..spans {
+            a.record(&self.stream).map_err(gpu_err)?;
+            for _ in 0..calls {
+                f(i)?;
+                i += 1;
+            }
+            b.record(&self.stream).map_err(gpu_err)?;
+            b.synchronize().map_err(gpu_err)?;
+            t.push(a.elapsed_ms(&b).map_err(gpu_err)? as f64 / calls as f64);
+        }
         Ok(median(t))
     }
 
