@@ -26,9 +26,10 @@ pub struct BenchArgs {
     /// Folder for the CSV files (zipgemm-*.csv, decompress-*.csv).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Suffix of the CSV names (e.g. h100).
-    #[arg(long, default_value = "h100")]
-    pub card: String,
+    /// Suffix of the CSV names (e.g. h100); by default the card's model
+    /// ("NVIDIA H200" -> h200).
+    #[arg(long)]
+    pub card: Option<String>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -655,6 +656,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
     }
     if let Some(dir) = &a.out {
+        let card = a.card.clone().unwrap_or_else(|| card_label(&gpu.name));
         // Written whole and renamed into place: a run cut short leaves the
         // previous CSVs, never half of one.
         let mut f = Vec::new();
@@ -692,13 +694,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             )
             .unwrap();
         }
-        crate::container::write_bytes_atomic(&dir.join(format!("zipgemm-{}.csv", a.card)), &f)?;
+        crate::container::write_bytes_atomic(&dir.join(format!("zipgemm-{card}.csv")), &f)?;
         let mut f = Vec::new();
         writeln!(f, "M,K,us,tbps_rw,fraction_of_copy").unwrap();
         for r in &dec_rows {
             writeln!(f, "{r}").unwrap();
         }
-        crate::container::write_bytes_atomic(&dir.join(format!("decompress-{}.csv", a.card)), &f)?;
+        crate::container::write_bytes_atomic(&dir.join(format!("decompress-{card}.csv")), &f)?;
         println!(
             "wrote CSVs to {} (device {}, copy ceiling {ceiling:.0} GB/s)",
             dir.display(),
@@ -706,4 +708,30 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A short file-name label for a card: the first word of its name that
+/// starts with a letter and holds a digit, lower case ("NVIDIA H100 80GB HBM3"
+/// -> "h100", "NVIDIA H200" -> "h200"); "gpu" if none does.
+pub fn card_label(name: &str) -> String {
+    name.split_whitespace()
+        .find(|w| {
+            w.starts_with(|c: char| c.is_ascii_alphabetic())
+                && w.chars().any(|c| c.is_ascii_digit())
+        })
+        .map(|w| w.to_ascii_lowercase())
+        .unwrap_or_else(|| "gpu".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::card_label;
+
+    #[test]
+    fn card_labels() {
+        assert_eq!(card_label("NVIDIA H100 80GB HBM3"), "h100");
+        assert_eq!(card_label("NVIDIA H200"), "h200");
+        assert_eq!(card_label("NVIDIA A100-SXM4-40GB"), "a100-sxm4-40gb");
+        assert_eq!(card_label("Some GPU"), "gpu");
+    }
 }
