@@ -295,7 +295,8 @@ impl Gpu {
         // Kernel experiments: `ZIPSERV_PTX=file` loads that PTX instead of the
         // embedded one (same entry points), so two builds can be timed on one
         // machine. Announced on stderr: it is never silent.
-        let custom = std::env::var_os("ZIPSERV_PTX");
+        // (Set but empty: the embedded kernels, as if unset.)
+        let custom = std::env::var_os("ZIPSERV_PTX").filter(|v| !v.is_empty());
         let custom_ptx = custom.is_some();
         let ptx = match custom {
             Some(path) => {
