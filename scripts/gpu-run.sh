@@ -43,6 +43,10 @@ if [ "$MODE" != test ]; then
   $ZS bench $BFLAG --out "$W" "$@" > "$W/bench.log" 2>&1 || status=1
   grep -v '^  n=' "$W/bench.log"
   cp "$W"/*.csv "$OUT"/ 2>/dev/null
+  # A hot card slows the integer-bound decode more than cuBLAS (session 8:
+  # SW thermal slowdown, 87 C, SM clock 1365 MHz, geomean 0.83x): say so.
+  echo "== after the bench: SM clock, throttle reasons (0x0 none, 0x20 SW thermal, 0x4 SW power cap), temperature"
+  nvidia-smi --query-gpu=clocks.sm,clocks_event_reasons.active,temperature.gpu,power.draw --format=csv | tee -a "$W/gpu.txt"
 fi
 tar czf "$OUT/logs.tgz" -C "$W" .
 exit $status
