@@ -478,6 +478,30 @@ pub(crate) fn lane_warp() -> (u32, u32) {
     (tid % 32, tid / 32)
 }
 
+/// This SM's cycle counter (`%clock64`; volatile: read where it stands).
+#[inline(always)]
+fn clock64() -> u64 {
+    let c: u64;
+    unsafe { asm!("mov.u64 {0}, %clock64;", out(reg64) c, options(nostack)) };
+    c
+}
+
+/// SM clock probe: every thread spins for `cycles` cycles of its SM's clock;
+/// thread 0 of block 0 stores the cycles it counted. Timed with events by the
+/// host, a launch over every SM gives the clock under load (a hot card slows
+/// it, and the fused kernels' integer decode with it).
+#[no_mangle]
+pub unsafe extern "gpu-kernel" fn zs_clock_probe(out: *mut u64, cycles: u64) {
+    let start = clock64();
+    let mut now = start;
+    while now.wrapping_sub(start) < cycles {
+        now = clock64();
+    }
+    if _block_idx_x() == 0 && _thread_idx_x() == 0 {
+        *out = now.wrapping_sub(start);
+    }
+}
+
 /// Standalone decompressor: `out` is the row-major `rows x cols` BF16 matrix.
 #[no_mangle]
 pub unsafe extern "gpu-kernel" fn zs_decompress(

@@ -149,6 +149,21 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
     let s = seed();
     println!("seed {s}");
 
+    // --- The SM clock probe: a plausible clock (it warns benchmarks of a
+    // throttled card). ---
+    let max = gpu.max_clock_mhz()?;
+    match gpu.sm_clock_mhz()? {
+        Some(f) => out.check(
+            f > 100.0 && f < 1.2 * max,
+            &format!("SM clock probe: {f:.0} MHz, maximum {max:.0} MHz"),
+        ),
+        // A PTX from ZIPSERV_PTX may predate the probe; the embedded one has it.
+        None if std::env::var_os("ZIPSERV_PTX").is_some_and(|v| !v.is_empty()) => {
+            println!("SM clock probe: skipped (the PTX from ZIPSERV_PTX has no zs_clock_probe)")
+        }
+        None => out.check(false, "SM clock probe: the embedded PTX has zs_clock_probe"),
+    }
+
     // --- Decompressor: bit-exact against the CPU decoder. ---
     let mut cases: Vec<(String, Vec<u16>, usize, usize)> = vec![
         (
@@ -463,6 +478,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("device: {} (sm_{}, {} SMs), {date}, median of {runs} runs, weights rotated over copies >= 256 MB", gpu.name, gpu.sm, gpu.sms);
+    report_clock(&gpu, "before the bench")?;
     let ceiling = copy_ceiling(&gpu)?;
     println!("copy ceiling: {:.0} GB/s (read + write)", ceiling);
     let layers: Vec<_> = LAYERS
@@ -655,6 +671,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             );
         }
     }
+    report_clock(&gpu, "after the bench")?;
     if let Some(dir) = &a.out {
         let card = a.card.clone().unwrap_or_else(|| card_label(&gpu.name));
         // Written whole and renamed into place: a run cut short leaves the
@@ -705,6 +722,31 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "wrote CSVs to {} (device {}, copy ceiling {ceiling:.0} GB/s)",
             dir.display(),
             gpu.name
+        );
+    }
+    Ok(())
+}
+
+/// Print the SM clock under load (see [`Gpu::sm_clock_mhz`]) against the
+/// card's maximum, with a warning below 90 % of it: the fused kernels decode
+/// with integer instructions and slow down with the SM clock, cuBLAS waits on
+/// HBM, so a hot or power-capped card understates zipserv (session 8: an H100
+/// at 1365 MHz gave 0.83x where a cool one gives 1.3x).
+fn report_clock(gpu: &Gpu, when: &str) -> Result<()> {
+    let max = gpu.max_clock_mhz()?;
+    let Some(f) = gpu.sm_clock_mhz()? else {
+        println!("SM clock {when}: not measured (this PTX has no probe); maximum {max:.0} MHz");
+        return Ok(());
+    };
+    println!(
+        "SM clock under load {when}: {f:.0} MHz ({:.0} % of the maximum, {max:.0} MHz)",
+        100.0 * f / max
+    );
+    if f < 0.9 * max {
+        println!(
+            "WARNING: the SM clock is below 90 % of its maximum (a hot or power-capped card): \
+             the fused kernels' decode slows with it and cuBLAS hardly does, so these ratios \
+             understate zipserv on a card that runs at its clock"
         );
     }
     Ok(())

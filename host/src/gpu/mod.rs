@@ -237,6 +237,8 @@ pub struct Gpu {
     pub sm: u32,
     decompress_fn: CudaFunction,
     gather_fn: CudaFunction,
+    /// `zs_clock_probe` (`None` in a PTX loaded by `ZIPSERV_PTX` without it).
+    clock_fn: Option<CudaFunction>,
     /// One per [`GEMM_VARIANTS`] row; `None` where this card's PTX lacks it.
     gemm_fns: Vec<Option<CudaFunction>>,
     /// The Hopper kernel's activation rewrite (sm_90a only).
@@ -326,6 +328,7 @@ impl Gpu {
             .map_err(gpu_err)?;
         let decompress_fn = module.load_function("zs_decompress").map_err(gpu_err)?;
         let gather_fn = module.load_function("zs_gather_rows").map_err(gpu_err)?;
+        let clock_fn = module.load_function("zs_clock_probe").ok();
         let llm = llm::LlmFns::load(&module)?;
         // The sm_90a PTX (compute capability 9.0 exactly) has the Hopper family.
         let hopper = sm == 90;
@@ -408,6 +411,7 @@ impl Gpu {
             sm,
             decompress_fn,
             gather_fn,
+            clock_fn,
             gemm_fns,
             image_fn,
             pdl,
@@ -969,6 +973,43 @@ impl Gpu {
             t.push(a.elapsed_ms(&b).map_err(gpu_err)? as f64 / calls as f64);
         }
         Ok(median(t))
+    }
+
+    /// The SM clock under load, in MHz: a probe kernel spins four blocks of
+    /// 128 threads on every SM for 20 M cycles of the SM clock (about 10 ms),
+    /// timed with events. `None` where the loaded PTX has no probe.
+    pub fn sm_clock_mhz(&self) -> Result<Option<f64>> {
+        let Some(f) = &self.clock_fn else {
+            return Ok(None);
+        };
+        let out = self.stream.alloc_zeros::<u64>(1).map_err(gpu_err)?;
+        let cycles: u64 = 20_000_000;
+        let (a, b) = (self.timing_event()?, self.timing_event()?);
+        a.record(&self.stream).map_err(gpu_err)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&out).arg(&cycles);
+        unsafe {
+            l.launch(LaunchConfig {
+                grid_dim: (self.sms * 4, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(gpu_err)?;
+        b.record(&self.stream).map_err(gpu_err)?;
+        b.synchronize().map_err(gpu_err)?;
+        let ms = a.elapsed_ms(&b).map_err(gpu_err)? as f64;
+        let counted = self.stream.clone_dtoh(&out).map_err(gpu_err)?[0];
+        Ok(Some(counted as f64 / (ms * 1e3)))
+    }
+
+    /// The card's maximum SM clock in MHz (the driver's figure).
+    pub fn max_clock_mhz(&self) -> Result<f64> {
+        let khz = self
+            .ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)
+            .map_err(gpu_err)?;
+        Ok(khz as f64 / 1e3)
     }
 
     /// An event for timing (with timestamps).
