@@ -984,21 +984,20 @@ impl Gpu {
         };
         let out = self.stream.alloc_zeros::<u64>(1).map_err(gpu_err)?;
         let cycles: u64 = 20_000_000;
-        let (a, b) = (self.timing_event()?, self.timing_event()?);
-        a.record(&self.stream).map_err(gpu_err)?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&out).arg(&cycles);
-        unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (self.sms * 4, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(gpu_err)?;
-        b.record(&self.stream).map_err(gpu_err)?;
-        b.synchronize().map_err(gpu_err)?;
-        let ms = a.elapsed_ms(&b).map_err(gpu_err)? as f64;
+        // One timed launch, no warm-up (the probe's time is its spin).
+        let ms = self.time_ms(0, 1, |_| {
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&out).arg(&cycles);
+            unsafe {
+                l.launch(LaunchConfig {
+                    grid_dim: (self.sms * 4, 1, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map(|_| ())
+            .map_err(gpu_err)
+        })?;
         let counted = self.stream.clone_dtoh(&out).map_err(gpu_err)?[0];
         Ok(Some(counted as f64 / (ms * 1e3)))
     }
