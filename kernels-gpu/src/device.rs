@@ -57,6 +57,14 @@ pub(crate) unsafe fn cp_async16(dst: u32, src: *const u8) {
     asm!("cp.async.cg.shared.global [{0}], [{1}], 16;", in(reg32) dst, in(reg64) src, options(nostack));
 }
 
+/// 16-byte async copy through L1 (`.ca`: the warps of a block read the same
+/// activations) that writes zeros instead when `valid` is false.
+#[inline(always)]
+unsafe fn cp_async16_ca_zfill(dst: u32, src: *const u16, valid: bool) {
+    let n: u32 = if valid { 16 } else { 0 };
+    asm!("cp.async.ca.shared.global [{0}], [{1}], 16, {2};", in(reg32) dst, in(reg64) src, in(reg32) n, options(nostack));
+}
+
 /// 16-byte async copy that writes zeros instead when `valid` is false.
 #[inline(always)]
 unsafe fn cp_async16_zfill(dst: u32, src: *const u8, valid: bool) {
@@ -1048,8 +1056,12 @@ pub(crate) unsafe fn finish_cluster<const NB: usize>(
 /// half ahead. `D` (1 or 2) is how many tiles ahead records are loaded:
 /// fewer registers with 1, more bytes in flight with 2. `PB`: load the next
 /// half's activation fragments before decoding this one (else just in time).
+/// `AS` > 0: the activations go instead through a ring of `AS` stages in the
+/// warp's shared memory ([`zg_warp_ring_bytes`]), `AS - 1` whole tiles ahead,
+/// each lane copying (`cp.async`) exactly the fragments it later reads: no
+/// registers hold them in flight and no warp sync orders them.
 #[inline(always)]
-unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs) {
+unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool, const AS: usize>(a: GemmArgs) {
     let GemmArgs {
         records,
         exc_off,
@@ -1110,6 +1122,40 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
         }
         bx
     };
+    // AS > 0: this warp's activation ring, after the block's scratches; a
+    // stage holds a lane's 2 NB fragments of one k tile at
+    // `(half NB + nb) 512 + 16 lane`.
+    let ring = smem_base()
+        + wpb * ZG_SCRATCH as u32
+        + warp * zg_warp_ring_bytes(NB, AS) as u32
+        + lane * 16;
+    let stage_bytes = (NB * 1024) as u32;
+    // Copy k tile `t`'s fragments into stage `s` and commit them as one group
+    // (an empty group past the warp's range keeps the count).
+    let stage_act = |t: u32, s: u32| {
+        if t < t1 {
+            for half in 0..2u32 {
+                for nb in 0..NB as u32 {
+                    let row = nb * 8 + r0;
+                    let off = if row < n {
+                        row * k + t * 64 + 32 * half + 8 * q
+                    } else {
+                        0
+                    };
+                    let dst = ring + s * stage_bytes + (half * NB as u32 + nb) * 512;
+                    cp_async16_ca_zfill(dst, x.add(off as usize), row < n);
+                }
+            }
+        }
+        cp_async_commit();
+    };
+    let staged = |s: u32, half: u32| -> [[u32; 4]; NB] {
+        let mut bx = [[0u32; 4]; NB];
+        for (nb, b) in bx.iter_mut().enumerate() {
+            *b = lds_v4(ring + s * stage_bytes + (half * NB as u32 + nb as u32) * 512);
+        }
+        bx
+    };
     if t0 < t1 {
         let tile0 = strip * kt;
         let mut cur = load_tile(records, tile0 + t0, lane);
@@ -1128,7 +1174,16 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
         // programmatic dependent, the warp got here while the kernel before
         // it still ran.
         grid_dependency_wait();
-        let mut bnext = if PB { act(t0, 0) } else { [[0u32; 4]; NB] };
+        let mut bnext = if PB && AS == 0 {
+            act(t0, 0)
+        } else {
+            [[0u32; 4]; NB]
+        };
+        // The first AS - 1 tiles' activations (AS > 0).
+        let mut s = 0u32;
+        for j in 1..AS as u32 {
+            stage_act(t0 + j - 1, j - 1);
+        }
         let mut t = t0;
         loop {
             let (mut far, mut farb) = (nxt, nbd);
@@ -1143,7 +1198,27 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
             } else {
                 [0, 0]
             };
+            if AS > 0 {
+                // Into the stage tile t - 1 used (this lane read its own
+                // fragments there, and the MMAs that took them have issued).
+                let far_s = if s == 0 { AS as u32 - 1 } else { s - 1 };
+                stage_act(t + AS as u32 - 1, far_s);
+            }
             for half in 0..2usize {
+                if AS > 0 {
+                    let a = decode_half(&cur, half, tab, exc, &cb, &ce, lane, scratch);
+                    if half == 0 {
+                        // Tile t's group; AS - 1 younger ones may still fly.
+                        match AS {
+                            2 => cp_async_wait::<1>(),
+                            3 => cp_async_wait::<2>(),
+                            _ => cp_async_wait::<0>(),
+                        }
+                    }
+                    let bx = staged(s, half as u32);
+                    mma_half::<NB>(&mut acc[0], &a, &bx);
+                    continue;
+                }
                 let bx = if PB { bnext } else { act(t, half as u32) };
                 if PB {
                     if half == 0 {
@@ -1155,6 +1230,7 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
                 let a = decode_half(&cur, half, tab, exc, &cb, &ce, lane, scratch);
                 mma_half::<NB>(&mut acc[0], &a, &bx);
             }
+            s = if s + 1 == AS as u32 { 0 } else { s + 1 };
             t += 1;
             if t >= t1 {
                 break;
@@ -1164,6 +1240,11 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool>(a: GemmArgs
             ce = ne;
             nxt = far;
             nbd = farb;
+        }
+        if AS > 0 {
+            // Only empty groups can be left; nothing writes the ring after
+            // this (the cluster's partial sums go over it).
+            cp_async_wait::<0>();
         }
     } else {
         grid_dependency_wait();
@@ -1197,24 +1278,34 @@ macro_rules! gemm_kernels {
 // the block-staged one (gemm::<NB, strips a warp, ring stages>). The host's
 // `GEMM_VARIANTS` table and xtask's MAXNREG must agree with these names.
 gemm_kernels!(
-    zs_gemm_r0_nb1 = gemm_warp::<1, 2, true>,
-    zs_gemm_r0_nb2 = gemm_warp::<2, 2, true>,
-    zs_gemm_r0_nb4 = gemm_warp::<4, 2, true>,
+    zs_gemm_r0_nb1 = gemm_warp::<1, 2, true, 0>,
+    zs_gemm_r0_nb2 = gemm_warp::<2, 2, true, 0>,
+    zs_gemm_r0_nb4 = gemm_warp::<4, 2, true, 0>,
 );
 // Records one tile ahead only (fewer registers, more blocks a multiprocessor);
 // the tuner picks per shape.
 gemm_kernels!(
-    zs_gemm_r0_nb1_d1 = gemm_warp::<1, 1, true>,
-    zs_gemm_r0_nb2_d1 = gemm_warp::<2, 1, true>,
-    zs_gemm_r0_nb4_d1 = gemm_warp::<4, 1, true>,
+    zs_gemm_r0_nb1_d1 = gemm_warp::<1, 1, true, 0>,
+    zs_gemm_r0_nb2_d1 = gemm_warp::<2, 1, true, 0>,
+    zs_gemm_r0_nb4_d1 = gemm_warp::<4, 1, true, 0>,
 );
 // And under tighter register caps (xtask's MAXNREG): 4 and 3 blocks a
 // multiprocessor; `j` builds load activations just in time.
 gemm_kernels!(
-    zs_gemm_r0_nb1_d1c64 = gemm_warp::<1, 1, true>,
-    zs_gemm_r0_nb2_d1c64 = gemm_warp::<2, 1, true>,
-    zs_gemm_r0_nb4_d1j = gemm_warp::<4, 1, false>,
-    zs_gemm_r0_nb4_d1jc80 = gemm_warp::<4, 1, false>,
+    zs_gemm_r0_nb1_d1c64 = gemm_warp::<1, 1, true, 0>,
+    zs_gemm_r0_nb2_d1c64 = gemm_warp::<2, 1, true, 0>,
+    zs_gemm_r0_nb4_d1j = gemm_warp::<4, 1, false, 0>,
+    zs_gemm_r0_nb4_d1jc80 = gemm_warp::<4, 1, false, 0>,
+);
+// Activations through a ring in the warp's shared memory (`aS`: S stages).
+gemm_kernels!(
+    zs_gemm_r0_nb2_d1a2 = gemm_warp::<2, 1, true, 2>,
+    zs_gemm_r0_nb4_d1a2 = gemm_warp::<4, 1, true, 2>,
+    zs_gemm_r0_nb4_d1a3 = gemm_warp::<4, 1, true, 3>,
+    zs_gemm_r0_nb4_a2 = gemm_warp::<4, 2, true, 2>,
+    zs_gemm_r0_nb2_d1a2c64 = gemm_warp::<2, 1, true, 2>,
+    zs_gemm_r0_nb4_d1a2c80 = gemm_warp::<4, 1, true, 2>,
+    zs_gemm_r0_nb4_a2c96 = gemm_warp::<4, 2, true, 2>,
 );
 gemm_kernels!(
     zs_gemm_r1_nb1 = gemm::<1, 1, 4>,

@@ -195,6 +195,14 @@ pub const fn zipgemm_smem_bytes_w(warps: usize, rs: usize, nb: usize, stages: us
     warps * ZG_SCRATCH + stages * (nb * 1024 + warps * rs * DT_RECORD_BYTES)
 }
 
+/// Shared-memory bytes of one warp's activation ring in the warp-independent
+/// ZipGEMM builds that stage activations (`stages` k tiles of `8 nb` rows x
+/// 64 columns of BF16; none when `stages` is 0). Such a block holds its
+/// warps' scratches, then their rings.
+pub const fn zg_warp_ring_bytes(nb: usize, stages: usize) -> usize {
+    stages * nb * 1024
+}
+
 /// Largest thread-block cluster (a portable size) the host launches for a
 /// split-K summed on chip, so the most partial sums a block adds.
 pub const ZG_MAX_CLUSTER: usize = 8;

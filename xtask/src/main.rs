@@ -21,7 +21,7 @@ const TOOLCHAIN: &str = "1.95.0";
 /// Register caps (`.maxnreg`) written into the PTX of some kernels, so that
 /// enough blocks fit on a multiprocessor (256 threads a block: 64 registers
 /// give 4 blocks, 80 give 3, 128 give 2).
-const MAXNREG: [(&str, u32); 14] = [
+const MAXNREG: [(&str, u32); 17] = [
     // 512 threads: two blocks a multiprocessor.
     ("zs_attention", 64),
     ("zs_gemm_r0_nb1", 80),
@@ -29,6 +29,10 @@ const MAXNREG: [(&str, u32); 14] = [
     ("zs_gemm_r0_nb1_d1c64", 64),
     ("zs_gemm_r0_nb2_d1c64", 64),
     ("zs_gemm_r0_nb4_d1jc80", 80),
+    // Activations staged in shared memory: 8, 6 and 5 four-warp blocks.
+    ("zs_gemm_r0_nb2_d1a2c64", 64),
+    ("zs_gemm_r0_nb4_d1a2c80", 80),
+    ("zs_gemm_r0_nb4_a2c96", 96),
     ("zs_gemm_r1_nb8", 128),
     // Two blocks a multiprocessor (the 3-stage ring leaves room for them).
     ("zs_gemm_r3_nb16_s3", 128),

@@ -303,7 +303,7 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
             (28672, 4096),
         ]
     };
-    let ns = [1usize, 3, 8, 17, 32, 50, 100, 128, 300, 1024];
+    let ns = [1usize, 3, 8, 12, 17, 32, 50, 100, 128, 300, 1024];
     for &(m, k) in &shapes {
         let w = pooled_weights(m, k, s + m as u64 + k as u64);
         let d = crate::device_layout::build(&w, m, k)?;

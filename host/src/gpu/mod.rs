@@ -23,12 +23,14 @@ pub const WARPS: u32 = zipserv_kernels::geometry::ZG_WARPS as u32;
 /// (`wgmma`, one strip a warp, four warps a 64-row wgmma tile, activations
 /// rewritten first into the tensor cores' layout; sm_90a PTX only, so only on
 /// compute capability 9.0). A `_d1` suffix names the build that loads records
-/// one tile ahead, not two, `j` one that loads activations just in time, `cNN`
+/// one tile ahead, not two, `j` one that loads activations just in time, `aS`
+/// (warp-independent) one that stages them through a ring of S tiles in the
+/// warp's shared memory, `cNN`
 /// a register cap of NN, `i2` (Hopper) two activation-image stages in a ring
 /// of their own (the records keep `stages`); the last field is the block size in warps (the
 /// warp-independent kernel takes any; the others need 8). Must agree with
 /// `gemm_kernels!` in `kernels-gpu/src/device.rs` and `hopper.rs`.
-pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 41] = [
+pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 49] = [
     (0, 1, 0, "", 8),
     (0, 1, 0, "_d1", 8),
     (0, 1, 0, "_d1c64", 8),
@@ -42,6 +44,15 @@ pub const GEMM_VARIANTS: [(usize, usize, usize, &str, u32); 41] = [
     (0, 4, 0, "_d1jc80", 8),
     (0, 4, 0, "_d1", 4),
     (0, 4, 0, "_d1j", 4),
+    // Activations staged through the warp's shared memory (`aS`, S stages).
+    (0, 2, 0, "_d1a2", 4),
+    (0, 4, 0, "_d1a2", 4),
+    (0, 4, 0, "_d1a2", 8),
+    (0, 4, 0, "_d1a3", 4),
+    (0, 4, 0, "_a2", 4),
+    (0, 2, 0, "_d1a2c64", 4),
+    (0, 4, 0, "_d1a2c80", 4),
+    (0, 4, 0, "_a2c96", 4),
     (1, 1, 4, "", 8),
     (1, 2, 4, "", 8),
     (1, 4, 4, "", 8),
@@ -83,11 +94,21 @@ pub const FUSED_MAX_N: usize = 128;
 /// Dynamic shared memory of a variant's block (the warp-independent kernel
 /// uses only the exception scratches of its warps).
 pub fn variant_smem(variant: usize) -> usize {
-    let (rs, _, _, _, wpb) = GEMM_VARIANTS[variant];
+    use zipserv_kernels::geometry::{zg_warp_ring_bytes, ZG_SCRATCH};
+    let (rs, nb, _, cap, wpb) = GEMM_VARIANTS[variant];
     if rs == 0 {
-        wpb as usize * zipserv_kernels::geometry::ZG_SCRATCH
+        wpb as usize * (ZG_SCRATCH + zg_warp_ring_bytes(nb, act_ring_stages(cap)))
     } else {
         gemm_smem(GEMM_VARIANTS[variant])
+    }
+}
+
+/// Activation ring stages of a warp-independent build, from its suffix
+/// (`a2`, `a3`; 0: activations through registers).
+pub fn act_ring_stages(cap: &str) -> usize {
+    match cap.find('a') {
+        Some(i) => cap[i + 1..i + 2].parse().unwrap_or(0),
+        None => 0,
     }
 }
 
@@ -334,7 +355,7 @@ impl Gpu {
         let hopper = sm == 90;
         let gemm_fns = GEMM_VARIANTS
             .iter()
-            .map(|&(rs, nb, st, cap, wpb)| {
+            .map(|&(rs, nb, _, cap, wpb)| {
                 if rs == HOPPER && !hopper {
                     return Ok(None);
                 }
@@ -346,10 +367,19 @@ impl Gpu {
                     Err(e) => return Err(gpu_err(e)),
                 };
                 // Rows of one kernel with several block sizes share the
-                // function: never set its limit below the default 48 KiB.
+                // function: its limit is the largest of theirs, never below
+                // the default 48 KiB.
+                let smem = (0..GEMM_VARIANTS.len())
+                    .filter(|&v| {
+                        let (r2, n2, _, c2, _) = GEMM_VARIANTS[v];
+                        (r2, n2, c2) == (rs, nb, cap)
+                    })
+                    .map(variant_smem)
+                    .max()
+                    .unwrap_or(0);
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    gemm_smem((rs, nb, st, cap, wpb)).max(48 << 10) as i32,
+                    smem.max(48 << 10) as i32,
                 )
                 .map_err(gpu_err)?;
                 // A build whose registers do not let its block size launch
@@ -1146,15 +1176,22 @@ impl Gpu {
         // its layers ahead of the GPU: the GPU time of a launch, not the
         // host's launch latency, which differs between plans (the Hopper
         // kernel's two launches, the others' one) but hides behind the GPU
-        // in a model. ZS_TUNE_SYNCED=1: each launch from an idle GPU, as
-        // before session 5 (log v28).
+        // in a model. In spans of 10 calls with nothing between them (since
+        // session 9): a chained launch overlaps the call before it only
+        // there, and plans differ in how much (an event between calls, the
+        // queued timing, hid that: log v38). ZS_TUNE_QUEUED=1: an event
+        // between every two calls, as in sessions 5-8; ZS_TUNE_SYNCED=1: each
+        // launch from an idle GPU, as before session 5 (log v28).
         let synced = std::env::var_os("ZS_TUNE_SYNCED").is_some();
+        let queued = std::env::var_os("ZS_TUNE_QUEUED").is_some();
         let time = |p: Plan, runs: usize| {
             let f = |i: usize| self.gemm_fused(w[i % w.len()], x, y, n, Some(p));
             if synced {
                 self.time_ms(3, runs, f)
-            } else {
+            } else if queued {
                 self.time_queued_ms(3, runs, f)
+            } else {
+                self.time_span_ms(3, (runs / 10).max(3), 10, f)
             }
         };
         // Two rounds: every candidate briefly, then the best three again with
@@ -1431,6 +1468,25 @@ mod tests {
                 assert!(t.contains("griddepcontrol.wait"), "{k}");
             }
         }
+    }
+
+    #[test]
+    fn activation_rings_are_sized_from_the_suffix() {
+        use super::{act_ring_stages, variant_smem, GEMM_VARIANTS};
+        assert_eq!(act_ring_stages("_d1a2"), 2);
+        assert_eq!(act_ring_stages("_a3"), 3);
+        assert_eq!(act_ring_stages("_d1jc80"), 0);
+        assert_eq!(act_ring_stages(""), 0);
+        let at = |cap: &str, nb: usize, wpb: u32| {
+            GEMM_VARIANTS
+                .iter()
+                .position(|v| v.0 == 0 && v.1 == nb && v.3 == cap && v.4 == wpb)
+                .unwrap()
+        };
+        // Four warps: four 512-byte scratches, then 2 stages of 4 KB each.
+        assert_eq!(variant_smem(at("_d1a2", 4, 4)), 4 * 512 + 4 * 2 * 4096);
+        assert_eq!(variant_smem(at("_d1a3", 4, 4)), 4 * 512 + 4 * 3 * 4096);
+        assert_eq!(variant_smem(at("_d1", 4, 4)), 4 * 512);
     }
 
     #[test]
