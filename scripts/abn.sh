@@ -3,7 +3,7 @@
 #   scripts/abn.sh NAME=PTX [NAME=env:VAR=VALUE ...] -- [bench args...]
 # runs `zipserv bench` with the embedded kernels ("base") and, for each NAME,
 # with ZIPSERV_PTX=PTX (or the embedded kernels with VAR=VALUE set, e.g. a
-# switch that turns a feature off), alternating builds, $ROUNDS rounds
+# switch that turns a feature off; PTX@VAR=VALUE sets both), alternating builds, $ROUNDS rounds
 # (default 2), and prints each point's median queued (COL=span: span-timed)
 # and back-to-back time per build last. No GPU tests (scripts/ab.sh runs them first): this way
 # also times builds not meant to be right (ceilings: a piece of work left
@@ -26,6 +26,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
     case ${PTXS[$i]} in
       "") dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
       env:*) env "${PTXS[$i]#env:}" dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
+      *@*) env ZIPSERV_PTX="${PTXS[$i]%%@*}" "${PTXS[$i]#*@}" dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
       *) ZIPSERV_PTX=${PTXS[$i]} dist/zipserv bench --quiet --out "$d" "$@" > "$d/bench.log" 2>&1 ;;
     esac
     echo "bench ${NAMES[$i]} round $round: rc=$? $(( $(date +%s) - s )) s"

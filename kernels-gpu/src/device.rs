@@ -901,6 +901,68 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     }
 }
 
+/// Split-K epilogue inside one block of `w` warps, the k splits of strip
+/// `strip`: every warp parks its FP32 partial sums in its own slice of the
+/// block's shared memory (over the scratches and rings: a barrier first), and
+/// after a second barrier each thread sums one 4-row run of a column over the
+/// warps in warp order (deterministic) and writes it as BF16. Two block
+/// barriers instead of the workspace's L2 reductions, fence, counter atomic
+/// and read-back (about 4 µs at the end of a small layer's launch, session 9).
+#[inline(always)]
+unsafe fn finish_block<const NB: usize>(
+    acc: &[[f32; 4]; NB],
+    y: *mut u16,
+    m: u32,
+    n: u32,
+    strip: u32,
+    active: bool,
+    w: u32,
+) {
+    let (lane, warp) = lane_warp();
+    let part = smem_base();
+    let stride = ZG_PART_COL_STRIDE as u32;
+    let slice = zg_block_partial_bytes(NB) as u32;
+    // Every warp is past its last read of its scratch and ring.
+    bar_sync();
+    // Accumulator (nb, i): row lane / 4 + 8 (i / 2), column nb * 8 + 2 (lane
+    // % 4) + i % 2; after the 4x4 transpose among lanes (see `finish`) a lane
+    // holds four consecutive rows of one column.
+    let (r0, q) = (lane / 4, lane % 4);
+    let s = r0 % 4;
+    for (nb, v) in acc.iter().enumerate() {
+        let v = column_run(*v, s);
+        let col = nb as u32 * 8 + 2 * q + (s & 1);
+        let row = 4 * (r0 / 4) + 8 * (s >> 1);
+        asm!("st.shared.v4.f32 [{0}], {{{1}, {2}, {3}, {4}}};",
+            in(reg32) part + warp * slice + (col * stride + row) * 4,
+            in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack));
+    }
+    bar_sync();
+    if !active {
+        return;
+    }
+    // Runs of four rows: 4 a column, 8 NB columns.
+    let mut c = warp * 32 + lane;
+    while c < 32 * NB as u32 {
+        let (col, r4) = (c / 4, c % 4);
+        if col < n {
+            let mut sum = [0f32; 4];
+            for wi in 0..w {
+                let (a, b, cc, d): (f32, f32, f32, f32);
+                asm!("ld.shared.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+                    out(reg32) a, out(reg32) b, out(reg32) cc, out(reg32) d,
+                    in(reg32) part + wi * slice + (col * stride + 4 * r4) * 4, options(nostack));
+                sum[0] += a;
+                sum[1] += b;
+                sum[2] += cc;
+                sum[3] += d;
+            }
+            st_bf16x4(y.add((col * m + strip * 16 + 4 * r4) as usize), sum);
+        }
+        c += w * 32;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Split-K inside a thread-block cluster (sm_90: the Hopper kernel and the
 // warp-independent kernel)
@@ -1083,8 +1145,11 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool, const AS: u
     clear_scratch(scratch, lane);
     let strips = m / 16;
     let kt = k / 64;
-    // Any block size: blocks are only a way to launch independent warps.
+    // Any block size: blocks are only a way to launch independent warps,
+    // unless the split is in the block (then the block is one strip).
     let wpb = _block_dim_x() as u32 / 32;
+    let in_block = sk & ZG_SPLIT_IN_BLOCK != 0;
+    let sk = sk & !ZG_SPLIT_IN_BLOCK;
     let gw = _block_idx_x() as u32 * wpb + warp;
     // Launched in clusters of `sk` blocks (sm_90), block `rank` of cluster
     // `cid` takes k split `rank` of strips `cid * wpb ..`, and the cluster sums
@@ -1096,15 +1161,18 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool, const AS: u
     let clustered = nct > 1;
     let (ks, strip) = if clustered {
         (rank, cid * wpb + warp)
+    } else if in_block {
+        (warp, _block_idx_x() as u32)
     } else {
         (gw / strips, gw % strips)
     };
-    let active = if clustered {
+    let active = if clustered || in_block {
         strip < strips
     } else {
         gw < strips * sk
     };
-    if !active && !clustered {
+    // Warps that sum on chip stay to the end (block or cluster barriers).
+    if !active && !clustered && !in_block {
         return;
     }
     let t0 = if active { ks * tps } else { kt };
@@ -1248,6 +1316,10 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool, const AS: u
         }
     } else {
         grid_dependency_wait();
+    }
+    if in_block {
+        finish_block::<NB>(&acc[0], y, m, n, strip, active, wpb);
+        return;
     }
     #[cfg(zs_sm90)]
     if clustered {

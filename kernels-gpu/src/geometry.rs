@@ -203,6 +203,22 @@ pub const fn zg_warp_ring_bytes(nb: usize, stages: usize) -> usize {
     stages * nb * 1024
 }
 
+/// Floats between two columns of a warp's FP32 partial sums in shared memory
+/// when a block's warps are the k splits of one strip (16 rows plus 4, so a
+/// warp's 16-byte stores spread over the banks).
+pub const ZG_PART_COL_STRIDE: usize = 20;
+
+/// Shared-memory bytes of one warp's partial sums (`8 nb` columns) when a
+/// block's warps are the k splits of one strip ([`ZG_SPLIT_IN_BLOCK`]).
+pub const fn zg_block_partial_bytes(nb: usize) -> usize {
+    8 * nb * ZG_PART_COL_STRIDE * 4
+}
+
+/// Flag in the warp-independent ZipGEMM's `sk` argument: block `b` is strip
+/// `b` and its warps are the strip's `sk` k splits, summed in shared memory
+/// (no workspace, no atomics, no cluster).
+pub const ZG_SPLIT_IN_BLOCK: u32 = 1 << 16;
+
 /// Largest thread-block cluster (a portable size) the host launches for a
 /// split-K summed on chip, so the most partial sums a block adds.
 pub const ZG_MAX_CLUSTER: usize = 8;

@@ -338,6 +338,17 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                         let mut splits = vec![split_for(kt, 1), split_for(kt, 3)];
                         // The on-chip (cluster) reduction: an odd split and
                         // the largest cluster.
+                        // Splits summed inside a block (warp-independent
+                        // kernel): an odd one and the largest.
+                        if rs == 0 {
+                            splits.extend(
+                                [3, MAX_BLOCK_SPLIT]
+                                    .map(|sk| split_for(kt, sk))
+                                    .into_iter()
+                                    .filter(|s| s.sk >= 2)
+                                    .map(|s| s.in_block()),
+                            );
+                        }
                         if clusterable(rs) && gpu.sm >= 90 {
                             splits.extend(
                                 [3, MAX_CLUSTER]
@@ -349,7 +360,11 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                         }
                         for split in splits {
                             let p = Plan { variant: v, split };
-                            variants.push((format!("fused {}", p.describe()), Some(p)));
+                            // (16 warps of a build over 128 registers cannot
+                            // share a block: the tuner skips those too.)
+                            if gpu.plan_fits(p) {
+                                variants.push((format!("fused {}", p.describe()), Some(p)));
+                            }
                         }
                     }
                 }

@@ -204,16 +204,30 @@ pub struct Split {
     pub sk: u32,
     pub tps: u32,
     pub cluster: bool,
+    /// The warp-independent kernel only: one block a 16-row strip, its `sk`
+    /// warps the strip's k splits, summed in the block's shared memory (no
+    /// workspace, no atomics).
+    pub block: bool,
 }
 
 /// Largest (portable) thread-block cluster, so the largest clustered split.
 pub const MAX_CLUSTER: u32 = zipserv_kernels::geometry::ZG_MAX_CLUSTER as u32;
+
+/// Most k splits one block takes ([`Split::block`]): 16 warps.
+pub const MAX_BLOCK_SPLIT: u32 = 16;
 
 impl Split {
     /// The same split summed on chip (see [`Split::cluster`]).
     pub fn clustered(self) -> Split {
         Split {
             cluster: true,
+            ..self
+        }
+    }
+    /// The same split summed inside one block (see [`Split::block`]).
+    pub fn in_block(self) -> Split {
+        Split {
+            block: true,
             ..self
         }
     }
@@ -234,7 +248,13 @@ impl Plan {
         } else {
             format!("w{wpb}")
         };
-        let c = if self.split.cluster { "c" } else { "" };
+        let c = if self.split.cluster {
+            "c"
+        } else if self.split.block {
+            "b"
+        } else {
+            ""
+        };
         format!("r{rs}nb{nb}s{st}{cap}{w} sk={}{c}", self.split.sk)
     }
 }
@@ -262,6 +282,8 @@ pub struct Gpu {
     clock_fn: Option<CudaFunction>,
     /// One per [`GEMM_VARIANTS`] row; `None` where this card's PTX lacks it.
     gemm_fns: Vec<Option<CudaFunction>>,
+    /// The largest block each of them launches with (its registers decide).
+    gemm_max_threads: Vec<u32>,
     /// The Hopper kernel's activation rewrite (sm_90a only).
     image_fn: Option<CudaFunction>,
     /// Launch the Hopper GEMM as a programmatic dependent of the activation
@@ -369,12 +391,22 @@ impl Gpu {
                 // Rows of one kernel with several block sizes share the
                 // function: its limit is the largest of theirs, never below
                 // the default 48 KiB.
+                // The warp-independent kernel also takes splits inside a
+                // block of up to 16 warps.
                 let smem = (0..GEMM_VARIANTS.len())
                     .filter(|&v| {
                         let (r2, n2, _, c2, _) = GEMM_VARIANTS[v];
                         (r2, n2, c2) == (rs, nb, cap)
                     })
-                    .map(variant_smem)
+                    .map(|variant| {
+                        let split = Split {
+                            sk: MAX_BLOCK_SPLIT,
+                            tps: 1,
+                            cluster: false,
+                            block: rs == 0,
+                        };
+                        variant_smem(variant).max(plan_smem(Plan { variant, split }))
+                    })
                     .max()
                     .unwrap_or(0);
                 f.set_attribute(
@@ -392,9 +424,14 @@ impl Gpu {
                 if (max_threads as u32) < wpb * 32 {
                     return Ok(None);
                 }
-                Ok(Some(f))
+                Ok(Some((f, max_threads as u32)))
             })
             .collect::<Result<Vec<_>>>()?;
+        let gemm_max_threads = gemm_fns
+            .iter()
+            .map(|f| f.as_ref().map_or(0, |f| f.1))
+            .collect();
+        let gemm_fns = gemm_fns.into_iter().map(|f| f.map(|f| f.0)).collect();
         let pdl = hopper && waits_for_image && std::env::var_os("ZS_NO_PDL").is_none();
         let chain = sm >= 90
             && chain_safe
@@ -443,6 +480,7 @@ impl Gpu {
             gather_fn,
             clock_fn,
             gemm_fns,
+            gemm_max_threads,
             image_fn,
             pdl,
             chain,
@@ -639,6 +677,7 @@ impl Gpu {
                 sk: p.split.sk,
                 tps: p.split.tps,
                 cluster: p.split.cluster,
+                block: p.split.block,
             })
             .collect();
         entries.sort_by_key(|e| (e.m, e.k, e.n8));
@@ -739,6 +778,21 @@ impl Gpu {
                 plan.describe()
             )));
         }
+        if sp.block && (rs != 0 || sp.cluster || !(2..=MAX_BLOCK_SPLIT).contains(&sp.sk)) {
+            return Err(Error::invalid(format!(
+                "plan {}: a split inside a block needs the warp-independent kernel and \
+                 2..={MAX_BLOCK_SPLIT} splits",
+                plan.describe()
+            )));
+        }
+        if !self.plan_fits(plan) {
+            return Err(Error::invalid(format!(
+                "plan {}: {} warps a block need more registers or shared memory than a \
+                 multiprocessor has for this kernel",
+                plan.describe(),
+                sp.sk
+            )));
+        }
         if nb * 8 < n || m % variant_rows(plan.variant) != 0 {
             return Err(Error::invalid(format!(
                 "plan {} does not fit {m}x{k}, n = {n}",
@@ -752,7 +806,7 @@ impl Gpu {
                 self.sm
             )));
         };
-        let on_chip = sp.sk == 1 || sp.cluster;
+        let on_chip = sp.sk == 1 || sp.cluster || sp.block;
         let (ws, ctr, _) = self.ensure_scratch(if on_chip { 0 } else { m * n }, m / 16, 0)?;
         // The Hopper kernel reads the activations rewritten into wgmma's layout.
         let x = if rs == HOPPER {
@@ -761,7 +815,12 @@ impl Gpu {
             x
         };
 
-        let blocks = block_groups(m, plan.variant) * sp.sk;
+        let (blocks, wpb, sk_arg) = if sp.block {
+            let flag = zipserv_kernels::geometry::ZG_SPLIT_IN_BLOCK;
+            ((m / 16) as u32, sp.sk, sp.sk | flag)
+        } else {
+            (block_groups(m, plan.variant) * sp.sk, wpb, sp.sk)
+        };
         let smem = plan_smem(plan) as u32;
         let (rec, eo, ex) = (self.ptr(&w.records), self.ptr(&w.exc_off), self.ptr(&w.exc));
         let (mm, nn, kk) = (m as u32, n as u32, k as u32);
@@ -784,7 +843,7 @@ impl Gpu {
             arg(&mm),
             arg(&nn),
             arg(&kk),
-            arg(&sp.sk),
+            arg(&sk_arg),
             arg(&sp.tps),
         ];
         // The Hopper kernel: a programmatic dependent of `zs_act_image`
@@ -884,6 +943,19 @@ impl Gpu {
     /// Whether this card's PTX has fused kernel `variant`.
     pub fn has_variant(&self, variant: usize) -> bool {
         self.gemm_fns.get(variant).is_some_and(|f| f.is_some())
+    }
+
+    /// Whether a block of `plan` can launch here: a split inside a block
+    /// needs `sk` warps' registers on one multiprocessor (16 warps fit the
+    /// builds of up to 128 registers); other plans' blocks always do.
+    pub fn plan_fits(&self, plan: Plan) -> bool {
+        if !plan.split.block {
+            return true;
+        }
+        // (The shared-memory limit set at load covers 16 warps.)
+        self.gemm_max_threads
+            .get(plan.variant)
+            .is_some_and(|&t| plan.split.sk * 32 <= t)
     }
 
     /// [`variants_for`], restricted to the kernels this card has.
@@ -1153,6 +1225,26 @@ impl Gpu {
                         }
                     }
                 }
+                // Splits inside a block (warp-independent kernel; the block
+                // size is the split, so one row of each kernel is enough).
+                let first_row = GEMM_VARIANTS.iter().position(|v| {
+                    (v.0, v.1, v.3) == (rs, GEMM_VARIANTS[variant].1, GEMM_VARIANTS[variant].3)
+                });
+                // ZS_NO_BLOCK_SPLIT=1: none (an A/B switch; kernels built
+                // before session 9 cannot take them).
+                let block_splits = std::env::var_os("ZS_NO_BLOCK_SPLIT").is_none();
+                if rs == 0 && first_row == Some(variant) && block_splits {
+                    for sk in [2, 3, 4, 5, 6, 8, 10, 12, 16] {
+                        let split = split_for(kt, sk).in_block();
+                        if split.sk < 2 || force_sk.is_some_and(|f| f != split.sk) {
+                            continue;
+                        }
+                        let p = Plan { variant, split };
+                        if self.plan_fits(p) && !cands.contains(&p) {
+                            cands.push(p);
+                        }
+                    }
+                }
             }
         }
         // ZS_FORCE_PLAN: only the plan of that name (`Plan::describe`, e.g.
@@ -1303,9 +1395,14 @@ pub fn cluster_split_ok(rs: usize, sk: u32) -> bool {
 /// clustered warp-independent split at least its partial-sum tile (which
 /// goes over the warps' scratches; the Hopper builds' rings hold it already).
 pub fn plan_smem(plan: Plan) -> usize {
-    let (rs, nb, _, _, wpb) = GEMM_VARIANTS[plan.variant];
+    use zipserv_kernels::geometry::{zg_block_partial_bytes, zg_warp_ring_bytes, ZG_SCRATCH};
+    let (rs, nb, _, cap, wpb) = GEMM_VARIANTS[plan.variant];
     let smem = variant_smem(plan.variant);
-    if plan.split.cluster && rs == 0 {
+    if plan.split.block {
+        // A warp a split: its scratch and ring, then its partial sums over them.
+        let warp = ZG_SCRATCH + zg_warp_ring_bytes(nb, act_ring_stages(cap));
+        plan.split.sk as usize * warp.max(zg_block_partial_bytes(nb))
+    } else if plan.split.cluster && rs == 0 {
         smem.max(zipserv_kernels::geometry::cluster_partial_bytes(
             wpb as usize,
             nb,
@@ -1322,6 +1419,7 @@ pub fn split_for(kt: u32, sk: u32) -> Split {
         sk: kt.div_ceil(tps),
         tps,
         cluster: false,
+        block: false,
     }
 }
 

@@ -1,7 +1,10 @@
 //! The tuner's choices saved across processes: a JSON file per card of the
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
-use super::{cluster_split_ok, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, MAX_CLUSTER};
+use super::{
+    cluster_split_ok, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, MAX_BLOCK_SPLIT,
+    MAX_CLUSTER,
+};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -19,6 +22,10 @@ pub struct PlanEntry {
     /// absent in files written before it existed.
     #[serde(default)]
     pub cluster: bool,
+    /// The split's warps are one block's, summed in its shared memory
+    /// ([`Split::block`]); absent in files written before it existed.
+    #[serde(default)]
+    pub block: bool,
 }
 
 /// The plans of one card.
@@ -67,6 +74,12 @@ impl PlanEntry {
                  2..={MAX_CLUSTER} splits"
             ));
         }
+        if self.block && (rs != 0 || self.cluster || !(2..=MAX_BLOCK_SPLIT).contains(&self.sk)) {
+            return bad(&format!(
+                "a split inside a block needs the warp-independent kernel and \
+                 2..={MAX_BLOCK_SPLIT} splits"
+            ));
+        }
         Ok(())
     }
     pub fn plan(&self) -> Plan {
@@ -76,6 +89,7 @@ impl PlanEntry {
                 sk: self.sk,
                 tps: self.tps,
                 cluster: self.cluster,
+                block: self.block,
             },
         }
     }
@@ -147,6 +161,7 @@ mod tests {
             sk: s.sk,
             tps: s.tps,
             cluster: false,
+            block: false,
         }
     }
 
@@ -191,6 +206,19 @@ mod tests {
                 cluster: true,
                 sk: 16,
                 tps: 4,
+                ..entry()
+            },
+            // Only the warp-independent kernel splits inside a block,
+            PlanEntry {
+                variant: GEMM_VARIANTS.iter().position(|v| v.0 == 1).unwrap(),
+                block: true,
+                ..entry()
+            },
+            // and into 16 warps at most.
+            PlanEntry {
+                block: true,
+                sk: 32,
+                tps: 2,
                 ..entry()
             },
             PlanEntry { m: 100, ..entry() },
