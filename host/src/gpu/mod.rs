@@ -1306,7 +1306,14 @@ impl Gpu {
                 best = Some((t, p));
             }
         }
-        let best = best.expect("at least one candidate").1;
+        let Some((_, best)) = best else {
+            return Err(Error::invalid(format!(
+                "no fused plan to tune for {m}x{k}, n = {n}{}",
+                std::env::var("ZS_FORCE_PLAN")
+                    .map(|p| format!(" (ZS_FORCE_PLAN={p} is not among this build's candidates)"))
+                    .unwrap_or_default()
+            )));
+        };
         self.tuned
             .lock()
             .unwrap()
