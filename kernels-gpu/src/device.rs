@@ -4,8 +4,10 @@
 //! * `zs_gemm_nbN` (N = 1..16): ZipGEMM, `Y[n][m] = sum_k X[n][k] W[m][k]` for
 //!   `n < 8N`, decoding the device layout straight into `mma.sync.m16n8k16`
 //!   A registers. One warp streams one 16-row strip over a range of 64-column
-//!   tiles; split-K partials go through an FP32 workspace and the last warp of a
-//!   strip writes the BF16 result.
+//!   tiles; split-K partials are summed in the block's shared memory (the
+//!   warp-independent kernel's splits as one block's warps), in a cluster's
+//!   distributed shared memory, or through an FP32 workspace where the last
+//!   warp of a strip writes the BF16 result.
 use crate::geometry::*;
 use core::arch::asm;
 use core::arch::global_asm;
@@ -1122,6 +1124,8 @@ pub(crate) unsafe fn finish_cluster<const NB: usize>(
 /// warp's shared memory ([`zg_warp_ring_bytes`]), `AS - 1` whole tiles ahead,
 /// each lane copying (`cp.async`) exactly the fragments it later reads: no
 /// registers hold them in flight and no warp sync orders them.
+/// With [`ZG_SPLIT_IN_BLOCK`] in `sk`, block `b` is strip `b` and its warps
+/// are the strip's k splits, summed by [`finish_block`].
 #[inline(always)]
 unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool, const AS: usize>(a: GemmArgs) {
     let GemmArgs {
@@ -1311,7 +1315,7 @@ unsafe fn gemm_warp<const NB: usize, const D: usize, const PB: bool, const AS: u
         }
         if AS > 0 {
             // Only empty groups can be left; nothing writes the ring after
-            // this (the cluster's partial sums go over it).
+            // this (a block's or cluster's partial sums go over it).
             cp_async_wait::<0>();
         }
     } else {

@@ -1592,6 +1592,18 @@ mod tests {
         assert_eq!(variant_smem(at("_d1a2", 4, 4)), 4 * 512 + 4 * 2 * 4096);
         assert_eq!(variant_smem(at("_d1a3", 4, 4)), 4 * 512 + 4 * 3 * 4096);
         assert_eq!(variant_smem(at("_d1", 4, 4)), 4 * 512);
+        // A split inside a block: sk warps, each with its scratch (and ring),
+        // or its partial sums (8 nb columns of 20 floats) where larger.
+        use super::{plan_smem, split_for, Plan};
+        let block = |v: usize, sk: u32| {
+            plan_smem(Plan {
+                variant: v,
+                split: split_for(64, sk).in_block(),
+            })
+        };
+        assert_eq!(block(at("_d1", 4, 8), 8), 8 * (4 * 8 * 20 * 4));
+        assert_eq!(block(at("_d1a2", 4, 4), 16), 16 * (512 + 2 * 4096));
+        assert_eq!(block(at("_d1", 1, 8), 4), 4 * 640);
     }
 
     #[test]
