@@ -336,27 +336,20 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                 for rs in FAMILIES {
                     for v in gpu.variants(rs, n) {
                         let mut splits = vec![split_for(kt, 1), split_for(kt, 3)];
-                        // The on-chip (cluster) reduction: an odd split and
-                        // the largest cluster.
-                        // Splits summed inside a block (warp-independent
-                        // kernel): an odd one and the largest.
+                        // An odd split and the largest, of at least 2.
+                        let odd_and_most = |most: u32| {
+                            [3, most]
+                                .map(|sk| split_for(kt, sk))
+                                .into_iter()
+                                .filter(|s| s.sk >= 2)
+                        };
+                        // Summed inside a block (warp-independent kernel).
                         if rs == 0 {
-                            splits.extend(
-                                [3, MAX_BLOCK_SPLIT]
-                                    .map(|sk| split_for(kt, sk))
-                                    .into_iter()
-                                    .filter(|s| s.sk >= 2)
-                                    .map(|s| s.in_block()),
-                            );
+                            splits.extend(odd_and_most(MAX_BLOCK_SPLIT).map(|s| s.in_block()));
                         }
+                        // The on-chip (cluster) reduction.
                         if clusterable(rs) && gpu.sm >= 90 {
-                            splits.extend(
-                                [3, MAX_CLUSTER]
-                                    .map(|sk| split_for(kt, sk))
-                                    .into_iter()
-                                    .filter(|s| s.sk >= 2)
-                                    .map(|s| s.clustered()),
-                            );
+                            splits.extend(odd_and_most(MAX_CLUSTER).map(|s| s.clustered()));
                         }
                         for split in splits {
                             let p = Plan { variant: v, split };
