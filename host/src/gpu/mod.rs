@@ -389,23 +389,22 @@ impl Gpu {
                     Err(e) => return Err(gpu_err(e)),
                 };
                 // Rows of one kernel with several block sizes share the
-                // function: its limit is the largest of theirs, never below
-                // the default 48 KiB.
-                // The warp-independent kernel also takes splits inside a
-                // block of up to 16 warps.
+                // function: its limit is the largest of theirs (and, for the
+                // warp-independent kernel, of a split inside a block of 16
+                // warps), never below the default 48 KiB.
                 let smem = (0..GEMM_VARIANTS.len())
                     .filter(|&v| {
                         let (r2, n2, _, c2, _) = GEMM_VARIANTS[v];
                         (r2, n2, c2) == (rs, nb, cap)
                     })
                     .map(|variant| {
-                        let split = Split {
-                            sk: MAX_BLOCK_SPLIT,
-                            tps: 1,
-                            cluster: false,
-                            block: rs == 0,
+                        let widest = split_for(MAX_BLOCK_SPLIT, MAX_BLOCK_SPLIT).in_block();
+                        let block = if rs == 0 {
+                            plan_smem(Plan { variant, split: widest })
+                        } else {
+                            0
                         };
-                        variant_smem(variant).max(plan_smem(Plan { variant, split }))
+                        variant_smem(variant).max(block)
                     })
                     .max()
                     .unwrap_or(0);
@@ -778,7 +777,7 @@ impl Gpu {
                 plan.describe()
             )));
         }
-        if sp.block && (rs != 0 || sp.cluster || !(2..=MAX_BLOCK_SPLIT).contains(&sp.sk)) {
+        if sp.block && (sp.cluster || !block_split_ok(rs, sp.sk)) {
             return Err(Error::invalid(format!(
                 "plan {}: a split inside a block needs the warp-independent kernel and \
                  2..={MAX_BLOCK_SPLIT} splits",
@@ -787,8 +786,8 @@ impl Gpu {
         }
         if !self.plan_fits(plan) {
             return Err(Error::invalid(format!(
-                "plan {}: {} warps a block need more registers or shared memory than a \
-                 multiprocessor has for this kernel",
+                "plan {}: {} warps a block need more registers than a multiprocessor has \
+                 for this kernel",
                 plan.describe(),
                 sp.sk
             )));
@@ -1227,9 +1226,10 @@ impl Gpu {
                 }
                 // Splits inside a block (warp-independent kernel; the block
                 // size is the split, so one row of each kernel is enough).
-                let first_row = GEMM_VARIANTS.iter().position(|v| {
-                    (v.0, v.1, v.3) == (rs, GEMM_VARIANTS[variant].1, GEMM_VARIANTS[variant].3)
-                });
+                let (_, nb, _, cap, _) = GEMM_VARIANTS[variant];
+                let first_row = GEMM_VARIANTS
+                    .iter()
+                    .position(|v| (v.0, v.1, v.3) == (rs, nb, cap));
                 // ZS_NO_BLOCK_SPLIT=1: none (an A/B switch; kernels built
                 // before session 9 cannot take them).
                 let block_splits = std::env::var_os("ZS_NO_BLOCK_SPLIT").is_none();
@@ -1396,6 +1396,12 @@ pub fn clusterable(rs: usize) -> bool {
 /// or the warp-independent kernel, 2 to [`MAX_CLUSTER`] blocks.
 pub fn cluster_split_ok(rs: usize, sk: u32) -> bool {
     clusterable(rs) && (2..=MAX_CLUSTER).contains(&sk)
+}
+
+/// Whether `sk` splits of family `rs` can be one block's warps
+/// ([`Split::block`]): the warp-independent kernel, 2 to [`MAX_BLOCK_SPLIT`].
+pub fn block_split_ok(rs: usize, sk: u32) -> bool {
+    rs == 0 && (2..=MAX_BLOCK_SPLIT).contains(&sk)
 }
 
 /// Dynamic shared memory of a launch of `plan`: the variant's, and for a

@@ -2,8 +2,8 @@
 //! fused kernel's plans by (M, K, N bucket), stamped with a fingerprint of the
 //! kernel variant table so that a build with other variants ignores it.
 use super::{
-    cluster_split_ok, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS, MAX_BLOCK_SPLIT,
-    MAX_CLUSTER,
+    block_split_ok, cluster_split_ok, variant_rows, Plan, Split, FUSED_MAX_N, GEMM_VARIANTS,
+    MAX_BLOCK_SPLIT, MAX_CLUSTER,
 };
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,7 @@ impl PlanEntry {
                  2..={MAX_CLUSTER} splits"
             ));
         }
-        if self.block && (rs != 0 || self.cluster || !(2..=MAX_BLOCK_SPLIT).contains(&self.sk)) {
+        if self.block && (self.cluster || !block_split_ok(rs, self.sk)) {
             return bad(&format!(
                 "a split inside a block needs the warp-independent kernel and \
                  2..={MAX_BLOCK_SPLIT} splits"
