@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// ("NVIDIA H200" -> h200).
     #[arg(long)]
     pub card: Option<String>,
+    /// Also time the Llama-3.1-8B output head (128256 x 4096), the model's
+    /// largest projection; reported, but kept out of the geometric means
+    /// over the eight layer shapes.
+    #[arg(long)]
+    pub lm_head: bool,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -53,6 +58,9 @@ pub const LAYERS: [(&str, usize, usize); 8] = [
     ("70b.gate_up", 57344, 8192),
     ("70b.down", 8192, 28672),
 ];
+
+/// The Llama-3.1-8B output head (`bench --lm-head`).
+pub const LM_HEAD: (&str, usize, usize) = ("8b.lm_head", 128256, 4096);
 
 fn seed() -> u64 {
     std::time::SystemTime::now()
@@ -491,8 +499,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     println!("copy ceiling: {:.0} GB/s (read + write)", ceiling);
     let layers: Vec<_> = LAYERS
         .iter()
+        .chain(a.lm_head.then_some(&LM_HEAD))
         .filter(|(n, _, _)| a.only.as_ref().is_none_or(|o| n.contains(o.as_str())))
-        .filter(|(n, _, _)| !a.quick || *n == "8b.o" || *n == "8b.gate_up")
+        .filter(|(n, _, _)| !a.quick || ["8b.o", "8b.gate_up", LM_HEAD.0].contains(n))
         .collect();
     let mut gemm_rows = Vec::new();
     let mut dec_rows = Vec::new();
@@ -652,7 +661,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             cols(q),
             cols(sq)
         );
-        if [1, 8, 16, 32].contains(&r.3) {
+        if [1, 8, 16, 32].contains(&r.3) && r.0 != LM_HEAD.0 {
             for (st, v) in
                 stats
                     .iter_mut()
