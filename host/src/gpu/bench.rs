@@ -382,9 +382,9 @@ pub fn gpu_test(a: &TestArgs) -> Result<()> {
                     }
                 }
                 let got = gpu.stream.clone_dtoh(&y).map_err(gpu_err)?;
-                // The on-chip reduction sums in a fixed order: a second run
-                // gives the same bits.
-                if let Some(sp) = sp.filter(|p| p.split.cluster) {
+                // The on-chip reductions (a cluster's, a block's) sum in a
+                // fixed order: a second run gives the same bits.
+                if let Some(sp) = sp.filter(|p| p.split.cluster || p.split.block) {
                     let y2 = gpu.stream.alloc_zeros::<u16>(n * m).map_err(gpu_err)?;
                     gpu.gemm_fused(&lin.weight, gpu.ptr(&xd), gpu.ptr(&y2), n, Some(sp))?;
                     let again = gpu.stream.clone_dtoh(&y2).map_err(gpu_err)?;
