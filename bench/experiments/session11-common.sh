@@ -1,0 +1,13 @@
+# Sourced by session 11's device scripts: unpack dist/ once, span timing, two
+# rounds, and `forced LAYER N PLAN` timing the builds in $B (scripts/abn.sh
+# names) against the embedded kernels on one point with the plan forced.
+set -u
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64
+bash scripts/unpack-dist.sh
+export ZS_DIST_UNPACKED=1 COL=span ROUNDS=${ROUNDS:-2}
+OUT=${OUT:-$PWD/gpu-out}
+forced() {
+  echo "== $1 N=$2 plan $3"
+  ZS_FORCE_PLAN="$3" OUT="$OUT/$1-$2" bash scripts/abn.sh $B -- --only "$1" --ns "$2" 2>&1 |
+    grep -v "^bench \|^span us\|^layer\|NVIDIA"
+}
