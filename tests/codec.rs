@@ -77,12 +77,8 @@ fn window_at_both_ends_of_the_exponent_range() {
 #[test]
 fn window_rule_is_argmax_with_ties_to_smallest() {
     let mut h = [0u64; 256];
-    for e in 10..=16 {
-        h[e] = 5;
-    }
-    for e in 100..=106 {
-        h[e] = 5;
-    }
+    h[10..=16].fill(5);
+    h[100..=106].fill(5);
     assert_eq!(choose_base(&h), (9, 35));
     h[107] = 6;
     assert_eq!(choose_base(&h).0, 100);

@@ -234,16 +234,16 @@ fn fused_ops_match_fp64_formulas() {
             o
         };
         let mut want = Vec::new();
-        for bi in 0..b {
+        for rows_b in all_rows.iter().take(b) {
             for t_ in 0..t_len {
                 let p = pos0 + t_;
-                let row = &all_rows[bi][p * w_..(p + 1) * w_];
+                let row = &rows_b[p * w_..(p + 1) * w_];
                 for h in 0..4 {
                     let g = h / 2;
                     let q = rot(&row[h * 64..], p);
                     let sc: Vec<f64> = (0..=p)
                         .map(|k| {
-                            let kr = &all_rows[bi][k * w_..(k + 1) * w_];
+                            let kr = &rows_b[k * w_..(k + 1) * w_];
                             let kk = rot(&kr[(4 + g) * 64..], k);
                             q.iter().zip(&kk).map(|(a, b)| a * b).sum::<f64>() * 0.125
                         })
@@ -254,9 +254,7 @@ fn fused_ops_match_fp64_formulas() {
                     for j in 0..64 {
                         want.push(
                             (0..=p)
-                                .map(|k| {
-                                    e[k] / z * all_rows[bi][k * w_ + (6 + g) * 64 + j].to_f64()
-                                })
+                                .map(|k| e[k] / z * rows_b[k * w_ + (6 + g) * 64 + j].to_f64())
                                 .sum::<f64>(),
                         );
                     }
