@@ -816,9 +816,16 @@ unsafe fn gemm<const NB: usize, const RS: usize, const S: usize>(a: GemmArgs) {
 }
 
 /// Write a warp's accumulators for strips `first_strip ..+ RS`: BF16 straight
-/// to `y` without split-K, else FP32 atomics into the workspace, and the last
-/// of the `sk` warps of the strips converts them to BF16 and clears the
-/// workspace and its counter for the next call.
+/// to `y` without split-K, else FP32 reductions into the workspace, and the
+/// last of the `sk` warps of the strips converts the sums to BF16 and clears
+/// the workspace and its counter for the next call.
+///
+/// The workspace holds the sums in the accumulators' own lane order (run
+/// (j, nb) of lane l at `((strip j) NB + nb) 32 + l`, 16 bytes each), not in
+/// `y`'s: every warp's reduction instruction covers 512 contiguous bytes,
+/// four whole L2 lines, and only the last warp transposes (session 11; until
+/// then each lane's 16 bytes went to its own column of `y`'s layout, a
+/// sector apart, after a 4x4 transpose in every warp).
 #[inline(always)]
 pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     acc: &[[[f32; 4]; NB]; RS],
@@ -834,30 +841,43 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     let (r0, q) = (lane / 4, lane % 4);
     let group = first_strip / RS as u32;
 
-    // Epilogue. Accumulator (j, nb, i): row 16 (first_strip + j) + r0 + 8 (i / 2),
+    // Accumulator (j, nb, i): row 16 (first_strip + j) + r0 + 8 (i / 2),
     // column nb * 8 + 2q + i % 2. The four lanes with the same q and r0 / 4
     // (lanes 16 (r0 / 4) + q + 4 s) hold rows 4 (r0 / 4) .. + 3 (and + 8) of
     // columns 2q, 2q + 1; a 4x4 transpose among them leaves lane s with four
-    // consecutive rows of one column (`column_run`): one 8-byte BF16 store or
-    // one 16-byte FP32 reduction instead of four.
+    // consecutive rows of one column (`column_run`): one 8-byte BF16 store
+    // instead of four.
     let s = r0 % 4;
-    for j in 0..RS {
-        for nb in 0..NB {
-            let v = column_run(acc[j][nb], s);
-            let col = nb as u32 * 8 + 2 * q + (s & 1);
-            let row = (first_strip + j as u32) * 16 + 4 * (r0 / 4) + 8 * (s >> 1);
-            if col >= n {
-                continue;
-            }
-            if sk == 1 {
-                st_bf16x4(y.add((col * m + row) as usize), v);
-            } else {
-                red_add_f32x4(ws.add((col * m + row) as usize), v);
+    // Where run (j, nb) of this lane goes in `y` after the transpose (None:
+    // past column n), and where it lives in the workspace.
+    let out = |j: usize, nb: usize| -> Option<usize> {
+        let col = nb as u32 * 8 + 2 * q + (s & 1);
+        let row = (first_strip + j as u32) * 16 + 4 * (r0 / 4) + 8 * (s >> 1);
+        (col < n).then_some((col * m + row) as usize)
+    };
+    let at = |j: usize, nb: usize| -> usize {
+        ((((first_strip + j as u32) * NB as u32 + nb as u32) * 32 + lane) * 4) as usize
+    };
+    // This lane's columns of run nb (before the transpose) start at column
+    // nb * 8 + 2q: all past n, nothing to add.
+    let live = |nb: usize| nb as u32 * 8 + 2 * q < n;
+    if sk == 1 {
+        for j in 0..RS {
+            for nb in 0..NB {
+                let v = column_run(acc[j][nb], s);
+                if let Some(o) = out(j, nb) {
+                    st_bf16x4(y.add(o), v);
+                }
             }
         }
-    }
-    if sk == 1 {
         return;
+    }
+    for j in 0..RS {
+        for nb in 0..NB {
+            if live(nb) {
+                red_add_f32x4(ws.add(at(j, nb)), acc[j][nb]);
+            }
+        }
     }
     asm!("fence.acq_rel.gpu;", options(nostack));
     syncwarp();
@@ -869,34 +889,38 @@ pub(crate) unsafe fn finish<const NB: usize, const RS: usize>(
     if old != sk - 1 {
         return;
     }
-    // The last warp of this strip group: read the sums, write BF16, clear the
-    // workspace and the counter for the next call. Runs of four rows (16
-    // bytes), eight loads in flight a lane before any is used: this is the
-    // kernel's tail, one L2 round trip a batch instead of one a value.
+    // The last warp of this strip group: read the sums (16-byte runs, up to
+    // eight loads in flight a lane before any is used: one L2 round trip a
+    // batch), transpose, write BF16, clear the workspace and the counter.
     asm!("fence.acq_rel.gpu;", options(nostack));
-    const BATCH: u32 = 8;
-    let runs_per_col = 4 * RS as u32;
-    let total = runs_per_col * n;
-    let at = |c: u32| (c / runs_per_col * m + first_strip * 16 + 4 * (c % runs_per_col)) as usize;
-    let mut c0 = lane;
-    while c0 < total {
-        let mut v = [[0f32; 4]; BATCH as usize];
-        for (b, vb) in v.iter_mut().enumerate() {
-            let c = c0 + 32 * b as u32;
-            if c < total {
-                asm!("ld.global.cg.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
-                    out(reg32) vb[0], out(reg32) vb[1], out(reg32) vb[2], out(reg32) vb[3],
-                    in(reg64) ws.add(at(c)), options(nostack));
+    for j in 0..RS {
+        let mut nb0 = 0;
+        while nb0 < NB {
+            let mut v = [[0f32; 4]; 8];
+            for (b, vb) in v.iter_mut().enumerate() {
+                let nb = nb0 + b;
+                if nb < NB && live(nb) {
+                    let p = ws.add(at(j, nb));
+                    asm!("ld.global.cg.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+                        out(reg32) vb[0], out(reg32) vb[1], out(reg32) vb[2], out(reg32) vb[3],
+                        in(reg64) p, options(nostack));
+                }
             }
-        }
-        for (b, vb) in v.iter().enumerate() {
-            let c = c0 + 32 * b as u32;
-            if c < total {
-                st_bf16x4(y.add(at(c)), *vb);
-                asm!("st.global.cg.v4.f32 [{0}], {{{1}, {1}, {1}, {1}}};", in(reg64) ws.add(at(c)), in(reg32) 0f32, options(nostack));
+            for (b, vb) in v.iter().enumerate() {
+                let nb = nb0 + b;
+                if nb < NB {
+                    // Every lane takes part in the transpose (shuffles).
+                    let t = column_run(*vb, s);
+                    if let Some(o) = out(j, nb) {
+                        st_bf16x4(y.add(o), t);
+                    }
+                    if live(nb) {
+                        asm!("st.global.cg.v4.f32 [{0}], {{{1}, {1}, {1}, {1}}};", in(reg64) ws.add(at(j, nb)), in(reg32) 0f32, options(nostack));
+                    }
+                }
             }
+            nb0 += 8;
         }
-        c0 += 32 * BATCH;
     }
     if lane == 0 {
         asm!("st.global.relaxed.gpu.u32 [{0}], {1};", in(reg64) counters.add(group as usize), in(reg32) 0u32, options(nostack));

@@ -738,10 +738,12 @@ impl Gpu {
         Ok(self.ptr(slot.as_ref().unwrap()))
     }
 
-    /// Reserve the workspaces for matrices up to `max_m x max_k` and N up to
-    /// `max_n`, so that no call allocates afterwards.
-    pub fn reserve(&self, max_m: usize, max_k: usize, max_n: usize) -> Result<()> {
-        self.ensure_scratch(max_m * max_n.min(FUSED_MAX_N), max_m / 16, max_m * max_k)?;
+    /// Reserve the workspaces for matrices up to `max_m x max_k`, so that no
+    /// call allocates afterwards. (The split-K workspace holds a plan's `8 nb`
+    /// columns a row whatever N is, so N does not change what is reserved.)
+    pub fn reserve(&self, max_m: usize, max_k: usize, _max_n: usize) -> Result<()> {
+        let widest = GEMM_VARIANTS.iter().map(|v| v.1).max().unwrap_or(1);
+        self.ensure_scratch(max_m * 8 * widest, max_m / 16, max_m * max_k)?;
         Ok(())
     }
 
@@ -806,7 +808,10 @@ impl Gpu {
             )));
         };
         let on_chip = sp.sk == 1 || sp.cluster || sp.block;
-        let (ws, ctr, _) = self.ensure_scratch(if on_chip { 0 } else { m * n }, m / 16, 0)?;
+        // The workspace keeps the sums in the accumulators' lane order: `8 nb`
+        // columns a row, whatever n.
+        let ws_len = if on_chip { 0 } else { m * 8 * nb };
+        let (ws, ctr, _) = self.ensure_scratch(ws_len, m / 16, 0)?;
         // The Hopper kernel reads the activations rewritten into wgmma's layout.
         let x = if rs == HOPPER {
             self.act_image(x, n, k, nb)?
