@@ -9,9 +9,6 @@ for b in base e3; do
   grep FAILED $OUT/gpu-test-$b.log | head -5
 done
 B="v40=dist/v40.sm_90a.ptx e3=dist/e3.sm_90a.ptx"
-forced 70b.o 128 "r3nb16s3_s3b sk=4"
-forced 70b.qkv 128 "r3nb16s3_s3b sk=3"
-forced 8b.down 128 "r3nb16s3_s3b sk=8"
-forced 70b.down 128 "r3nb16s3_s3b sk=4"
+forced_workspace
 echo "== tuner free"
 OUT=$OUT/ab bash scripts/abn.sh $B -- --ns 64,128 2>&1 | grep -v "^bench "

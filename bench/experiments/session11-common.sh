@@ -11,3 +11,10 @@ forced() {
   ZS_FORCE_PLAN="$3" OUT="$OUT/$1-$2" bash scripts/abn.sh $B -- --only "$1" --ns "$2" 2>&1 |
     grep -v "^bench \|^span us\|^layer\|NVIDIA"
 }
+# The four workspace-split points of session 11's epilogue A/Bs (the tuner's v40 plans).
+forced_workspace() {
+  forced 70b.o 128 "r3nb16s3_s3b sk=4"
+  forced 70b.qkv 128 "r3nb16s3_s3b sk=3"
+  forced 8b.down 128 "r3nb16s3_s3b sk=8"
+  forced 70b.down 128 "r3nb16s3_s3b sk=4"
+}
