@@ -1,5 +1,5 @@
-# Session 11, call 12: v44 on an H200: GPU suite (quick), then A/B against v40 at N = 32-128,
-# tuner free, two rounds.
+# Session 11, call 12: v44 against v40 at N = 32-128 (asked for an H200; an H100 came):
+# GPU suite (quick), then A/B, tuner free, two rounds.
 . bench/experiments/session11-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 dist/zipserv gpu-test --quick > $OUT/gpu-test.log 2>&1; echo "gpu-test rc=$?: $(grep -E 'passed' $OUT/gpu-test.log | tail -1)"
