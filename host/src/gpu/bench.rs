@@ -519,7 +519,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             .map(|_| gpu.stream.clone_htod(&w).map_err(gpu_err))
             .collect::<Result<_>>()?;
         drop(w);
-        gpu.reserve(m, k, FUSED_MAX_N)?;
+        gpu.reserve(m, k)?;
         // Decompressor throughput.
         let outbuf = gpu.stream.alloc_zeros::<u16>(m * k).map_err(gpu_err)?;
         let ms = gpu.time_ms(5, runs, |i| gpu.decompress(&gms[i % copies], &outbuf))?;

@@ -738,10 +738,10 @@ impl Gpu {
         Ok(self.ptr(slot.as_ref().unwrap()))
     }
 
-    /// Reserve the workspaces for matrices up to `max_m x max_k`, so that no
-    /// call allocates afterwards. (The split-K workspace holds a plan's `8 nb`
-    /// columns a row whatever N is, so N does not change what is reserved.)
-    pub fn reserve(&self, max_m: usize, max_k: usize, _max_n: usize) -> Result<()> {
+    /// Reserve the workspaces for matrices up to `max_m x max_k` and any N,
+    /// so that no call allocates afterwards. (The split-K workspace holds a
+    /// plan's `8 nb` columns a row whatever N is.)
+    pub fn reserve(&self, max_m: usize, max_k: usize) -> Result<()> {
         let widest = GEMM_VARIANTS.iter().map(|v| v.1).max().unwrap_or(1);
         self.ensure_scratch(max_m * 8 * widest, max_m / 16, max_m * max_k)?;
         Ok(())
