@@ -739,11 +739,15 @@ impl Gpu {
     }
 
     /// Reserve the workspaces for matrices up to `max_m x max_k` and any N,
-    /// so that no call allocates afterwards. (The split-K workspace holds a
-    /// plan's `8 nb` columns a row whatever N is.)
+    /// so that no call allocates afterwards ([`split_workspace_len`] does not
+    /// depend on N).
     pub fn reserve(&self, max_m: usize, max_k: usize) -> Result<()> {
         let widest = GEMM_VARIANTS.iter().map(|v| v.1).max().unwrap_or(1);
-        self.ensure_scratch(max_m * 8 * widest, max_m / 16, max_m * max_k)?;
+        self.ensure_scratch(
+            split_workspace_len(max_m, widest),
+            max_m / 16,
+            max_m * max_k,
+        )?;
         Ok(())
     }
 
@@ -808,9 +812,11 @@ impl Gpu {
             )));
         };
         let on_chip = sp.sk == 1 || sp.cluster || sp.block;
-        // The workspace keeps the sums in the accumulators' lane order: `8 nb`
-        // columns a row, whatever n.
-        let ws_len = if on_chip { 0 } else { m * 8 * nb };
+        let ws_len = if on_chip {
+            0
+        } else {
+            split_workspace_len(m, nb)
+        };
         let (ws, ctr, _) = self.ensure_scratch(ws_len, m / 16, 0)?;
         // The Hopper kernel reads the activations rewritten into wgmma's layout.
         let x = if rs == HOPPER {
@@ -1428,6 +1434,13 @@ pub fn plan_smem(plan: Plan) -> usize {
     } else {
         smem
     }
+}
+
+/// Floats of the split-K workspace for `m` rows and a kernel of `nb` column
+/// blocks: it keeps the sums in the accumulators' lane order, `8 nb` columns a
+/// row whatever n is (the kernels' `finish`).
+fn split_workspace_len(m: usize, nb: usize) -> usize {
+    m * 8 * nb
 }
 
 /// `sk` splits of a `kt`-tile range, made even.
